@@ -1,0 +1,37 @@
+# The course's commands.  Each creates .venv from pyproject.toml when it is missing (so on a fresh
+# machine with Python 3.10+ the first command does all the set-up) and reuses it afterwards.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test run lab bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## make test: the README's test command (tests/ and every notebook, smoke profile, this kernel)
+test: $(STAMP)
+	$(BIN)/python -m pytest --nbval
+
+## make run: execute every notebook in order under the active profile -> build/
+run: $(STAMP)
+	$(BIN)/python scripts/run_notebooks.py
+
+## make lab: JupyterLab on notebooks/
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+## make bench: the course's data path and loop vs. the textbook's, side by side -> build/
+bench: $(STAMP)
+	$(BIN)/python -m d2l_utils.bench --quick
+
+lint: $(STAMP)
+	$(BIN)/ruff check d2l_utils tests scripts
+	$(BIN)/ruff format --check d2l_utils tests scripts
+
+clean:
+	rm -rf build .pytest_cache

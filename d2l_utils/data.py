@@ -1,0 +1,517 @@
+"""Fashion-MNIST: find, download, check and read the IDX files; serve batches from memory.
+
+Where the files are looked for, in order:
+
+1. the ``root=`` argument of :func:`load_data`;
+2. the environment variable ``D2L_DATA_DIR``;
+3. the default cache folder, ``$XDG_CACHE_HOME/d2l_utils/fashion-mnist``
+   (``~/.cache/d2l_utils/fashion-mnist`` when ``XDG_CACHE_HOME`` is unset).
+
+In that folder the four Zalando files (``train-images-idx3-ubyte.gz`` …, gzipped or not) may lie
+directly, in ``fashion-mnist/``, or in torchvision's layout ``FashionMNIST/raw/``.  Missing files
+are downloaded into the folder with torchvision's downloader and checked against the published
+MD5 sums; without a network the error says where it looked and how to point ``D2L_DATA_DIR`` at a
+copy.  Every file's IDX header, size and labels are checked before use, so a truncated, corrupt or
+swapped file is reported by name instead of surfacing as a wrong-shaped tensor.
+
+The whole dataset is held as one ``uint8`` tensor (47 MB).  :class:`BatchLoader` builds each batch
+by indexing it, converting to float and, when asked, resizing the whole batch at once; it iterates
+like a ``DataLoader`` (``len``, ``batch_size``, ``dataset``) without worker processes or PIL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from d2l_utils.profiles import Profile, get_profile
+
+__all__ = [
+    "FILES",
+    "MIRRORS",
+    "BatchLoader",
+    "DataFileError",
+    "DatasetNotFoundError",
+    "FashionMNIST",
+    "default_root",
+    "find_files",
+    "get_fashion_mnist_labels",
+    "load_data",
+    "load_data_fashion_mnist",
+    "load_sample",
+    "read_idx",
+    "resize_batch",
+]
+
+TEXT_LABELS = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class _FileSpec:
+    kind: str  # "images" or "labels"
+    count: int
+    md5: str  # of the published .gz archive
+
+
+FILES: dict[str, _FileSpec] = {
+    "train-images-idx3-ubyte": _FileSpec("images", 60_000, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train-labels-idx1-ubyte": _FileSpec("labels", 60_000, "25c81989df183df01b3e8a0aad5dffbe"),
+    "t10k-images-idx3-ubyte": _FileSpec("images", 10_000, "bef4ecab320f06d8554ea6380940ec79"),
+    "t10k-labels-idx1-ubyte": _FileSpec("labels", 10_000, "bb300cfdad3c16e7a12a480ee83cd310"),
+}
+MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+_IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
+_SUBDIRS = ("", "fashion-mnist", "FashionMNIST/raw")
+_FIX = (
+    "delete it and run again to re-download it, or set D2L_DATA_DIR to a folder that holds a good "
+    "copy of the Fashion-MNIST files"
+)
+
+
+class DataFileError(ValueError):
+    """A Fashion-MNIST file exists but is truncated, corrupt or of the wrong kind."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The Fashion-MNIST files are not on disk and could not be downloaded."""
+
+
+def default_root() -> Path:
+    """The default data folder: ``$XDG_CACHE_HOME/d2l_utils/fashion-mnist``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "d2l_utils" / "fashion-mnist"
+
+
+def _resolve_root(root: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    if root is not None:
+        return Path(root).expanduser(), "root="
+    env = os.environ.get("D2L_DATA_DIR", "").strip()
+    if env:
+        return Path(env).expanduser(), "D2L_DATA_DIR"
+    return default_root(), "the default cache folder"
+
+
+def _check_root(root: Path, source: str) -> None:
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(
+            f"{source} points to {root}, which is a file; expected a folder holding the "
+            "Fashion-MNIST files"
+        )
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        raise PermissionError(f"{source} points to {root}, which cannot be read")
+
+
+def find_files(root: Path) -> dict[str, Path]:
+    """Map each of the four file stems to the first existing file under ``root``.
+
+    Looks in ``root``, ``root/fashion-mnist`` and ``root/FashionMNIST/raw``, for the gzipped
+    (``.gz``) and then the plain file.  Stems with no file are left out.
+    """
+    found: dict[str, Path] = {}
+    for stem in FILES:
+        for sub in _SUBDIRS:
+            for name in (stem + ".gz", stem):
+                path = root / sub / name
+                if path.is_file():
+                    found[stem] = path
+                    break
+            if stem in found:
+                break
+    return found
+
+
+def _download(root: Path, stems: Sequence[str]) -> list[str]:
+    """Download ``stems`` into ``root``; returns the error messages (empty on success)."""
+    from torchvision.datasets.utils import download_url
+
+    errors: list[str] = []
+    for stem in stems:
+        spec, name = FILES[stem], stem + ".gz"
+        for mirror in MIRRORS:
+            try:
+                download_url(mirror + name, str(root), filename=name, md5=spec.md5)
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure means: try the next mirror
+                errors.append(f"{mirror}{name}: {type(exc).__name__}: {exc}")
+                partial = root / name
+                if partial.exists():
+                    partial.unlink()
+        else:
+            return errors
+    return []
+
+
+def _locate(root: str | os.PathLike[str] | None, download: bool) -> dict[str, Path]:
+    base, source = _resolve_root(root)
+    _check_root(base, source)
+    found = find_files(base) if base.is_dir() else {}
+    missing = [stem for stem in FILES if stem not in found]
+    if not missing:
+        return found
+    errors: list[str] = []
+    if download:
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            errors = _download(base, missing)
+        except OSError as exc:
+            errors = [f"{type(exc).__name__}: {exc}"]
+        found = find_files(base)
+        missing = [stem for stem in FILES if stem not in found]
+        if not missing:
+            return found
+    looked = ", ".join(str(base / sub) if sub else str(base) for sub in _SUBDIRS)
+    why = f" The download failed ({errors[-1]})." if errors else ""
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST files missing: {', '.join(s + '.gz' for s in missing)}. Looked in {looked} "
+        f"(chosen by {source}).{why} Put the four files (gzipped or not) in one of these folders, "
+        "or set D2L_DATA_DIR to a folder that holds them, e.g. "
+        "`export D2L_DATA_DIR=/path/to/fashion-mnist`."
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataFileError(f"{path.name} is truncated or corrupt ({exc}); {_FIX}") from exc
+
+
+def read_idx(path: str | os.PathLike[str], kind: str, count: int | None = None) -> np.ndarray:
+    """Read one IDX file (gzipped or not) after checking its header, size and values.
+
+    Args:
+        path: the file.
+        kind: ``"images"`` (expects ``(count, 28, 28)`` uint8) or ``"labels"`` (``(count,)`` in 0..9).
+        count: the expected number of items, or ``None`` to accept any.
+
+    Returns:
+        A read-only uint8 array of shape ``(N, 28, 28)`` or ``(N,)``.
+
+    Raises:
+        DataFileError: naming the file, if anything does not match.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    ndim = 3 if kind == "images" else 1
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataFileError(f"{path.name} is truncated ({len(data)} bytes, no IDX header); {_FIX}")
+    magic, *dims = struct.unpack(f">{1 + ndim}I", data[:header])
+    if magic != _IDX_MAGIC[kind]:
+        other = {v: k for k, v in _IDX_MAGIC.items()}.get(magic)
+        what = f"holds {other}" if other else f"has magic number {magic:#010x}"
+        raise DataFileError(
+            f"{path.name} {what}, expected an IDX file of {kind} "
+            f"(magic {_IDX_MAGIC[kind]:#010x}); {_FIX}"
+        )
+    if kind == "images" and dims[1:] != [28, 28]:
+        raise DataFileError(f"{path.name} holds {dims[1]}x{dims[2]} images, expected 28x28; {_FIX}")
+    if count is not None and dims[0] != count:
+        raise DataFileError(f"{path.name} holds {dims[0]:,} {kind}, expected {count:,}; {_FIX}")
+    expected = header + math.prod(dims)
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "longer than its header says"
+        raise DataFileError(
+            f"{path.name} is {state}: {len(data):,} bytes, expected {expected:,}; {_FIX}"
+        )
+    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if kind == "labels" and array.size and int(array.max()) > 9:
+        raise DataFileError(f"{path.name} holds label {int(array.max())}, expected 0..9; {_FIX}")
+    return array
+
+
+_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+
+
+def _read_cached(path: Path, stem: str) -> np.ndarray:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _CACHE:
+        spec = FILES[stem]
+        _CACHE[key] = read_idx(path, spec.kind, spec.count)
+    return _CACHE[key]
+
+
+class FashionMNIST(torch.utils.data.Dataset):
+    """Fashion-MNIST held in memory.
+
+    Attributes:
+        images: uint8 tensor ``(N, 28, 28)``.
+        labels: int64 tensor ``(N,)`` with values 0..9.
+        indices: int64 tensor ``(N,)``, each image's index in the full 60,000/10,000 split.
+        train: whether this is (part of) the training split.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, train: bool
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 3 or labels.shape != images.shape[:1]:
+            raise ValueError("expected uint8 images (N, 28, 28) and labels (N,)")
+        self.images, self.labels, self.indices, self.train = images, labels.long(), indices, train
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image ``i`` as float ``(1, 28, 28)`` in [0, 1] (as ``ToTensor``) and its label."""
+        return self.images[i].unsqueeze(0).float().div_(255), int(self.labels[i])
+
+    def subset(self, keep: torch.Tensor) -> FashionMNIST:
+        """The images at positions ``keep``."""
+        return FashionMNIST(self.images[keep], self.labels[keep], self.indices[keep], self.train)
+
+    def __repr__(self) -> str:
+        split = "train" if self.train else "test"
+        return f"FashionMNIST({split}, {len(self):,} images)"
+
+
+def _full_split(root: str | os.PathLike[str] | None, train: bool, download: bool) -> FashionMNIST:
+    files = _locate(root, download)
+    prefix = "train" if train else "t10k"
+    images = _read_cached(files[f"{prefix}-images-idx3-ubyte"], f"{prefix}-images-idx3-ubyte")
+    labels = _read_cached(files[f"{prefix}-labels-idx1-ubyte"], f"{prefix}-labels-idx1-ubyte")
+    n = len(labels)
+    # torch.from_numpy needs a writable array; copy once (47 MB) so the cache stays read-only.
+    return FashionMNIST(
+        torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)),
+        torch.arange(n), train,
+    )  # fmt: skip
+
+
+SAMPLE_FILE = "fashion_mnist_sample.npz"
+
+
+def load_sample(train: bool) -> FashionMNIST:
+    """The stratified sample bundled with the package (200 train / 100 test images per class).
+
+    It was cut from the real Fashion-MNIST by ``scripts/make_sample.py``; ``indices`` gives each
+    image's index in the full split.  Licence: MIT (Zalando SE), see ``d2l_utils/data/README.md``.
+    """
+    split = "train" if train else "test"
+    with resources.files("d2l_utils").joinpath("data", SAMPLE_FILE).open("rb") as f:
+        with np.load(f) as npz:
+            images, labels, idx = (npz[f"{split}_{k}"] for k in ("images", "labels", "indices"))
+    return FashionMNIST(
+        torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
+        torch.from_numpy(idx.astype(np.int64)), train,
+    )  # fmt: skip
+
+
+def stratified_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Sorted positions of ``k`` items drawn with (near) equal counts per class, reproducibly."""
+    if k >= len(labels):
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=g)
+    classes = labels.unique()
+    per_class, extra = divmod(k, len(classes))
+    keep = []
+    for j, c in enumerate(classes):
+        members = order[labels[order] == c]
+        keep.append(members[: per_class + (1 if j < extra else 0)])
+    return torch.cat(keep).sort().values
+
+
+def resize_batch(images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """uint8 images ``(B, H, W)`` to float ``(B, 1, h, w)`` in [0, 1], like ``Resize`` + ``ToTensor``.
+
+    torchvision's ``Resize`` on a PIL image interpolates bilinearly with antialiasing and rounds
+    back to uint8 before ``ToTensor`` divides by 255.  Doing the same on the whole batch at once
+    gives each pixel within 1/255 of the PIL result (PIL's fixed-point arithmetic rounds a few
+    pixels the other way; ``tests/test_fastpath.py`` pins that bound).
+    """
+    x = images.unsqueeze(1)
+    if size is None or tuple(size) == tuple(x.shape[-2:]):
+        return x.float().div_(255)
+    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).div_(255)
+
+
+class BatchLoader:
+    """Iterate over a :class:`FashionMNIST` in batches of ``(X, y)``, like a ``DataLoader``.
+
+    ``X`` is float32 ``(B, 1, H, W)`` in [0, 1] and ``y`` int64 ``(B,)``.  Shuffling draws a new
+    permutation each epoch from a generator seeded with ``seed`` (drawn from torch's global RNG
+    when ``None``, so ``torch.manual_seed`` makes it repeatable).  :meth:`to` moves the uint8
+    store to a device once, so batches are then built there.
+    """
+
+    def __init__(
+        self,
+        dataset: FashionMNIST,
+        batch_size: int,
+        shuffle: bool = False,
+        resize: tuple[int, int] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.resize = resize
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._images, self._labels = dataset.images, dataset.labels
+
+    @property
+    def device(self) -> torch.device:
+        """Where the batches are built."""
+        return self._images.device
+
+    def to(self, device: torch.device | str) -> BatchLoader:
+        """Keep the uint8 images on ``device`` (once), so batches are built there; returns self."""
+        device = torch.device(device)
+        if self._images.device != device:
+            self._images = self.dataset.images.to(device)
+            self._labels = self.dataset.labels.to(device)
+        return self
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shuffling generator's state (saved in checkpoints to resume exactly)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self._images.device)
+        else:
+            order = None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                images = self._images[start : start + self.batch_size]
+                labels = self._labels[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                images, labels = self._images[idx], self._labels[idx]
+            yield resize_batch(images, self.resize), labels
+
+    def __repr__(self) -> str:
+        size = "28x28" if self.resize is None else "x".join(map(str, self.resize))
+        return (
+            f"BatchLoader({self.dataset!r}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, images {size})"
+        )
+
+
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+    return int(batch_size)
+
+
+def _check_resize(resize: object) -> tuple[int, int] | None:
+    def ok(v: object) -> bool:
+        return isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
+
+    if resize is None:
+        return None
+    if ok(resize):
+        return (int(resize), int(resize))  # type: ignore[call-overload]
+    if isinstance(resize, Sequence) and len(resize) == 2 and all(ok(v) for v in resize):
+        return (int(resize[0]), int(resize[1]))
+    raise ValueError(f"resize must be a positive int or a pair (height, width), got {resize!r}")
+
+
+def load_data(
+    batch_size: int,
+    resize: int | tuple[int, int] | None = None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    profile: str | Profile | None = None,
+    shuffle_seed: int | None = None,
+    download: bool = True,
+) -> tuple[BatchLoader, BatchLoader]:
+    """Fashion-MNIST as ``(train_iter, test_iter)``, the book's ``load_data_fashion_mnist``.
+
+    Args:
+        batch_size: images per batch.
+        resize: output side ``s`` (or ``(h, w)``); ``None`` keeps 28x28.
+        root: data folder; else ``D2L_DATA_DIR``; else :func:`default_root`.
+        profile: run profile name or object; else ``D2L_PROFILE``; else the device's default.
+            When it changes the request (subset, smaller images), one line says so.
+        shuffle_seed: seed of the training shuffle (``None``: from torch's global RNG).
+        download: fetch missing files from the public mirrors.
+
+    Returns:
+        Two :class:`BatchLoader`; batches are ``(X, y)``, ``X`` float ``(B, 1, H, W)`` in [0, 1],
+        ``y`` int64 ``(B,)``.
+    """
+    batch_size = _check_batch_size(batch_size)
+    size = _check_resize(resize)
+    prof = get_profile(profile)
+    if prof.use_sample:
+        train, test = load_sample(train=True), load_sample(train=False)
+    else:
+        train = _full_split(root, train=True, download=download)
+        test = _full_split(root, train=False, download=download)
+
+    changes = []
+    if prof.use_sample:
+        changes.append(
+            f"the bundled sample: {len(train):,} of 60,000 training and {len(test):,} of 10,000 "
+            "test images"
+        )
+    if prof.train_limit is not None and prof.train_limit < len(train):
+        changes.append(f"{prof.train_limit:,} of {len(train):,} training images")
+        train = train.subset(stratified_indices(train.labels, prof.train_limit))
+    if prof.test_limit is not None and prof.test_limit < len(test):
+        changes.append(f"{prof.test_limit:,} of {len(test):,} test images")
+        test = test.subset(stratified_indices(test.labels, prof.test_limit))
+    if size is not None and prof.max_resize is not None and max(size) > prof.max_resize:
+        scale = prof.max_resize / max(size)
+        new = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        changes.append(f"{_px(new)} instead of {_px(size)}")
+        size = new
+    if changes:
+        print(f"profile {prof.name}: {', '.join(changes)}; set D2L_PROFILE=full for the book's run")
+    return (
+        BatchLoader(train, batch_size, shuffle=True, resize=size, seed=shuffle_seed),
+        BatchLoader(test, batch_size, shuffle=False, resize=size),
+    )
+
+
+def _px(size: tuple[int, int]) -> str:
+    return f"{size[0]} px" if size[0] == size[1] else f"{size[0]}x{size[1]} px"
+
+
+load_data_fashion_mnist = load_data
+
+
+def get_fashion_mnist_labels(labels: Sequence[int] | torch.Tensor) -> list[str]:
+    """Class names for numeric labels (0 = 't-shirt' … 9 = 'ankle boot')."""
+    return [TEXT_LABELS[int(i)] for i in labels]

@@ -1,0 +1,39 @@
+"""Devices: pick a GPU when there is one, fall back to the CPU, never raise."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["cpu", "num_gpus", "try_all_gpus", "try_gpu"]
+
+
+def cpu() -> torch.device:
+    """The CPU device."""
+    return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def num_gpus() -> int:
+    """Number of usable GPUs: CUDA devices, else 1 for Apple's MPS, else 0."""
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 1 if _mps_available() else 0
+
+
+def try_gpu(i: int = 0) -> torch.device:
+    """GPU ``i`` if it exists (CUDA, then Apple MPS for ``i == 0``), else the CPU."""
+    if torch.cuda.is_available() and i < torch.cuda.device_count():
+        return torch.device(f"cuda:{i}")
+    if i == 0 and not torch.cuda.is_available() and _mps_available():
+        return torch.device("mps")
+    return cpu()
+
+
+def try_all_gpus() -> list[torch.device]:
+    """All GPUs, or ``[cpu()]`` when there is none."""
+    devices = [try_gpu(i) for i in range(num_gpus())]
+    return devices if devices else [cpu()]

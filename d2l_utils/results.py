@@ -1,0 +1,40 @@
+"""The results table of ``make run``: one row per trained model."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from torch import nn
+
+from d2l_utils.measure import count_params
+from d2l_utils.train import History
+
+__all__ = ["record_result"]
+
+
+def record_result(model: str, net: nn.Module, history: History, **extra: Any) -> dict[str, Any]:
+    """Return a row describing a trained model; when ``D2L_RESULTS`` names a file, append it there.
+
+    ``make run`` sets ``D2L_RESULTS`` (and ``D2L_NOTEBOOK``) while it executes the notebooks and
+    turns the rows into ``build/results.md``.
+    """
+    row: dict[str, Any] = {
+        "notebook": os.environ.get("D2L_NOTEBOOK", ""),
+        "model": model,
+        "parameters": count_params(net),
+        "epochs": history.num_epochs,
+        "train_acc": round(history.train_acc[-1], 4) if history.train_acc else None,
+        "test_acc": round(history.test_acc[-1], 4) if history.test_acc else None,
+        "examples_per_sec": round(history.examples_per_sec, 1),
+        "time_s": round(history.total_time, 1),
+        "device": history.device,
+        "profile": history.profile,
+        **extra,
+    }
+    path = os.environ.get("D2L_RESULTS")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
