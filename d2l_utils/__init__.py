@@ -10,9 +10,13 @@ The models the notebooks build live in their own modules (``from d2l_utils.resne
 Residual``); the run profiles (``D2L_PROFILE=smoke|quick|full``) in :mod:`d2l_utils.profiles`.
 """
 
+from d2l_utils.checkpoint import CheckpointError
 from d2l_utils.data import (
     BatchLoader,
+    ChecksumError,
+    DataAccessError,
     DataFileError,
+    DataRootError,
     DatasetNotFoundError,
     get_fashion_mnist_labels,
     load_data,
@@ -24,6 +28,7 @@ from d2l_utils.profiles import Profile, get_profile
 from d2l_utils.results import record_result
 from d2l_utils.train import (
     Accumulator,
+    DivergenceError,
     History,
     Timer,
     accuracy,
@@ -38,8 +43,13 @@ __all__ = [
     "Accumulator",
     "Animator",
     "BatchLoader",
+    "CheckpointError",
+    "ChecksumError",
+    "DataAccessError",
     "DataFileError",
+    "DataRootError",
     "DatasetNotFoundError",
+    "DivergenceError",
     "History",
     "Profile",
     "Timer",

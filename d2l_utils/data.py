@@ -9,10 +9,15 @@ Where the files are looked for, in order:
 
 In that folder the four Zalando files (``train-images-idx3-ubyte.gz`` …, gzipped or not) may lie
 directly, in ``fashion-mnist/``, or in torchvision's layout ``FashionMNIST/raw/``.  Missing files
-are downloaded into the folder with torchvision's downloader and checked against the published
-MD5 sums; without a network the error says where it looked and how to point ``D2L_DATA_DIR`` at a
-copy.  Every file's IDX header, size and labels are checked before use, so a truncated, corrupt or
-swapped file is reported by name instead of surfacing as a wrong-shaped tensor.
+are downloaded into the folder and checked against the published MD5 sums before they are used
+(each arrives in a temporary file that is renamed only once its checksum matches, so a failed or
+interrupted download leaves nothing behind); without a network the error says where it looked
+and how to point ``D2L_DATA_DIR`` at a copy.  Every file's IDX header, size and labels are
+checked before use, so a truncated, corrupt or swapped file is reported by name, with the fix,
+instead of surfacing as a wrong-shaped tensor.  Bad arguments (``batch_size``, ``resize``,
+``root``, ``shuffle_seed``, the profile) are ``ValueError`` naming the argument; a data folder
+that is missing, not a folder or unreadable is a ``FileNotFoundError``
+(:class:`DatasetNotFoundError`).
 
 The whole dataset is held as one ``uint8`` tensor (47 MB).  :class:`BatchLoader` builds each batch
 by indexing it, converting to float and, when asked, resizing the whole batch at once; it iterates
@@ -21,15 +26,21 @@ like a ``DataLoader`` (``len``, ``batch_size``, ``dataset``) without worker proc
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import math
+import numbers
 import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
 
 import numpy as np
 import torch
@@ -41,7 +52,10 @@ __all__ = [
     "FILES",
     "MIRRORS",
     "BatchLoader",
+    "ChecksumError",
+    "DataAccessError",
     "DataFileError",
+    "DataRootError",
     "DatasetNotFoundError",
     "FashionMNIST",
     "default_root",
@@ -101,6 +115,16 @@ class DatasetNotFoundError(FileNotFoundError):
     """The Fashion-MNIST files are not on disk and could not be downloaded."""
 
 
+# The two below keep the OSError subclass Python itself would raise, and are FileNotFoundErrors
+# too, so one ``except FileNotFoundError`` catches every "the data is not there" case.
+class DataRootError(DatasetNotFoundError, NotADirectoryError):
+    """The data folder (``root=`` or ``D2L_DATA_DIR``) names a file, not a folder."""
+
+
+class DataAccessError(DatasetNotFoundError, PermissionError):
+    """The data folder or a data file exists but cannot be read (permissions)."""
+
+
 def default_root() -> Path:
     """The default data folder: ``$XDG_CACHE_HOME/d2l_utils/fashion-mnist``."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -109,6 +133,8 @@ def default_root() -> Path:
 
 def _resolve_root(root: str | os.PathLike[str] | None) -> tuple[Path, str]:
     if root is not None:
+        if not isinstance(root, str | os.PathLike) or not os.fspath(root):
+            raise ValueError(f"root must be a folder path (str or os.PathLike), got {root!r}")
         return Path(root).expanduser(), "root="
     env = os.environ.get("D2L_DATA_DIR", "").strip()
     if env:
@@ -118,12 +144,15 @@ def _resolve_root(root: str | os.PathLike[str] | None) -> tuple[Path, str]:
 
 def _check_root(root: Path, source: str) -> None:
     if root.exists() and not root.is_dir():
-        raise NotADirectoryError(
+        raise DataRootError(
             f"{source} points to {root}, which is a file; expected a folder holding the "
-            "Fashion-MNIST files"
+            "Fashion-MNIST files (or nothing yet, to download them into)"
         )
     if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
-        raise PermissionError(f"{source} points to {root}, which cannot be read")
+        raise DataAccessError(
+            f"{source} points to {root}, which cannot be read (permission denied); make it "
+            "readable, or set D2L_DATA_DIR to a folder you can read"
+        )
 
 
 def find_files(root: Path) -> dict[str, Path]:
@@ -145,22 +174,49 @@ def find_files(root: Path) -> dict[str, Path]:
     return found
 
 
+class ChecksumError(DataFileError):
+    """A download whose bytes do not match the published checksum (it was not kept)."""
+
+
+def _fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
+    """Download ``url`` to ``dest`` only if its MD5 is ``md5``.
+
+    The bytes go to a temporary file beside ``dest`` while their checksum is computed; the file
+    is renamed to ``dest`` after the checksum matched, and deleted in every other case (a bad
+    checksum, a dropped connection, an interrupt), so ``dest`` never holds unverified data.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        request = Request(url, headers={"User-Agent": "d2l_utils"})
+        with os.fdopen(fd, "wb") as f, urlopen(request, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                f.write(chunk)
+        if digest.hexdigest() != md5:
+            raise ChecksumError(
+                f"{url} sent data with MD5 {digest.hexdigest()}, not the published {md5}; "
+                "it was not kept"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _download(root: Path, stems: Sequence[str]) -> list[str]:
     """Download ``stems`` into ``root``; returns the error messages (empty on success)."""
-    from torchvision.datasets.utils import download_url
-
     errors: list[str] = []
     for stem in stems:
         spec, name = FILES[stem], stem + ".gz"
         for mirror in MIRRORS:
+            print(f"downloading {name} from {urlsplit(mirror).netloc} ...", flush=True)
             try:
-                download_url(mirror + name, str(root), filename=name, md5=spec.md5)
+                _fetch(mirror + name, root / name, spec.md5)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure means: try the next mirror
                 errors.append(f"{mirror}{name}: {type(exc).__name__}: {exc}")
-                partial = root / name
-                if partial.exists():
-                    partial.unlink()
         else:
             return errors
     return []
@@ -195,13 +251,21 @@ def _locate(root: str | os.PathLike[str] | None, download: bool) -> dict[str, Pa
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when they are gzip data (whatever the file is called)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        data = path.read_bytes()
+    except PermissionError as exc:
+        raise DataAccessError(
+            f"{path} cannot be read (permission denied); make it readable, or {_FIX}"
+        ) from exc
+    except OSError as exc:
+        raise DataFileError(f"{path} cannot be read ({exc}); {_FIX}") from exc
+    if data[:2] != b"\x1f\x8b":  # not gzip: a plain IDX file, or something else read_idx reports
+        return data
+    try:
+        return gzip.decompress(data)
     except (EOFError, OSError, zlib.error) as exc:
-        raise DataFileError(f"{path.name} is truncated or corrupt ({exc}); {_FIX}") from exc
+        raise DataFileError(f"{path} is truncated or corrupt gzip data ({exc}); {_FIX}") from exc
 
 
 def read_idx(path: str | os.PathLike[str], kind: str, count: int | None = None) -> np.ndarray:
@@ -209,7 +273,8 @@ def read_idx(path: str | os.PathLike[str], kind: str, count: int | None = None) 
 
     Args:
         path: the file.
-        kind: ``"images"`` (expects ``(count, 28, 28)`` uint8) or ``"labels"`` (``(count,)`` in 0..9).
+        kind: ``"images"`` (expects ``(count, 28, 28)`` uint8) or ``"labels"`` (``(count,)``,
+            values 0..9).
         count: the expected number of items, or ``None`` to accept any.
 
     Returns:
@@ -218,33 +283,40 @@ def read_idx(path: str | os.PathLike[str], kind: str, count: int | None = None) 
     Raises:
         DataFileError: naming the file, if anything does not match.
     """
+    if kind not in _IDX_MAGIC:
+        raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
     path = Path(path)
     data = _read_bytes(path)
     ndim = 3 if kind == "images" else 1
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataFileError(f"{path.name} is truncated ({len(data)} bytes, no IDX header); {_FIX}")
+        raise DataFileError(f"{path} is truncated ({len(data)} bytes, no IDX header); {_FIX}")
     magic, *dims = struct.unpack(f">{1 + ndim}I", data[:header])
     if magic != _IDX_MAGIC[kind]:
         other = {v: k for k, v in _IDX_MAGIC.items()}.get(magic)
-        what = f"holds {other}" if other else f"has magic number {magic:#010x}"
+        if other:
+            what = f"holds {other}"
+        elif data.lstrip()[:1] == b"<":
+            what = "holds text (an HTML or XML page?)"
+        else:
+            what = f"has magic number {magic:#010x}"
         raise DataFileError(
-            f"{path.name} {what}, expected an IDX file of {kind} "
+            f"{path} {what}, expected an IDX file of {kind} "
             f"(magic {_IDX_MAGIC[kind]:#010x}); {_FIX}"
         )
     if kind == "images" and dims[1:] != [28, 28]:
-        raise DataFileError(f"{path.name} holds {dims[1]}x{dims[2]} images, expected 28x28; {_FIX}")
+        raise DataFileError(f"{path} holds {dims[1]}x{dims[2]} images, expected 28x28; {_FIX}")
     if count is not None and dims[0] != count:
-        raise DataFileError(f"{path.name} holds {dims[0]:,} {kind}, expected {count:,}; {_FIX}")
+        raise DataFileError(f"{path} holds {dims[0]:,} {kind}, expected {count:,}; {_FIX}")
     expected = header + math.prod(dims)
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
         raise DataFileError(
-            f"{path.name} is {state}: {len(data):,} bytes, expected {expected:,}; {_FIX}"
+            f"{path} is {state}: {len(data):,} bytes, expected {expected:,}; {_FIX}"
         )
     array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
     if kind == "labels" and array.size and int(array.max()) > 9:
-        raise DataFileError(f"{path.name} holds label {int(array.max())}, expected 0..9; {_FIX}")
+        raise DataFileError(f"{path} holds label {int(array.max())}, expected 0..9; {_FIX}")
     return array
 
 
@@ -316,9 +388,9 @@ def load_sample(train: bool) -> FashionMNIST:
     image's index in the full split.  Licence: MIT (Zalando SE), see ``d2l_utils/data/README.md``.
     """
     split = "train" if train else "test"
-    with resources.files("d2l_utils").joinpath("data", SAMPLE_FILE).open("rb") as f:
-        with np.load(f) as npz:
-            images, labels, idx = (npz[f"{split}_{k}"] for k in ("images", "labels", "indices"))
+    sample = resources.files("d2l_utils").joinpath("data", SAMPLE_FILE)
+    with sample.open("rb") as f, np.load(f) as npz:
+        images, labels, idx = (npz[f"{split}_{k}"] for k in ("images", "labels", "indices"))
     return FashionMNIST(
         torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
         torch.from_numpy(idx.astype(np.int64)), train,
@@ -341,7 +413,7 @@ def stratified_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Ten
 
 
 def resize_batch(images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """uint8 images ``(B, H, W)`` to float ``(B, 1, h, w)`` in [0, 1], like ``Resize`` + ``ToTensor``.
+    """uint8 images ``(B, H, W)`` to float ``(B, 1, h, w)`` in [0, 1], as ``Resize`` + ``ToTensor``.
 
     torchvision's ``Resize`` on a PIL image interpolates bilinearly with antialiasing and rounds
     back to uint8 before ``ToTensor`` divides by 255.  Doing the same on the whole batch at once
@@ -360,8 +432,9 @@ class BatchLoader:
 
     ``X`` is float32 ``(B, 1, H, W)`` in [0, 1] and ``y`` int64 ``(B,)``.  Shuffling draws a new
     permutation each epoch from a generator seeded with ``seed`` (drawn from torch's global RNG
-    when ``None``, so ``torch.manual_seed`` makes it repeatable).  :meth:`to` moves the uint8
-    store to a device once, so batches are then built there.
+    when ``None``, so ``torch.manual_seed`` makes it repeatable); :meth:`manual_seed` restarts
+    that sequence.  :meth:`to` moves the uint8 store to a device once, so batches are then built
+    there.
     """
 
     def __init__(
@@ -372,11 +445,12 @@ class BatchLoader:
         resize: tuple[int, int] | None = None,
         seed: int | None = None,
     ) -> None:
-        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.resize = resize
+        self.dataset, self.shuffle = dataset, shuffle
+        self.batch_size = _check_batch_size(batch_size)
+        self.resize = _check_resize(resize)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = seed
+        self.seed = _check_seed(seed, "seed")
         self.generator = torch.Generator().manual_seed(seed)
         self._images, self._labels = dataset.images, dataset.labels
 
@@ -395,6 +469,12 @@ class BatchLoader:
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
+
+    def manual_seed(self, seed: int | None = None) -> BatchLoader:
+        """Restart the shuffle sequence from ``seed`` (default: the loader's own); returns self."""
+        self.seed = self.seed if seed is None else _check_seed(seed, "seed")
+        self.generator.manual_seed(self.seed)
+        return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The shuffling generator's state (saved in checkpoints to resume exactly)."""
@@ -432,6 +512,12 @@ def _check_batch_size(batch_size: object) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size}")
     return int(batch_size)
+
+
+def _check_seed(seed: object, name: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {seed!r}")
+    return int(seed)
 
 
 def _check_resize(resize: object) -> tuple[int, int] | None:
@@ -473,6 +559,10 @@ def load_data(
     """
     batch_size = _check_batch_size(batch_size)
     size = _check_resize(resize)
+    if root is not None:
+        _resolve_root(root)  # a wrong type is reported even when the profile reads the sample
+    if shuffle_seed is not None:
+        shuffle_seed = _check_seed(shuffle_seed, "shuffle_seed")
     prof = get_profile(profile)
     if prof.use_sample:
         train, test = load_sample(train=True), load_sample(train=False)

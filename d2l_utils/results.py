@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -27,10 +28,13 @@ def record_result(model: str, net: nn.Module, history: History, **extra: Any) ->
         "epochs": history.num_epochs,
         "train_acc": round(history.train_acc[-1], 4) if history.train_acc else None,
         "test_acc": round(history.test_acc[-1], 4) if history.test_acc else None,
-        "examples_per_sec": round(history.examples_per_sec, 1),
+        "examples_per_sec": (
+            round(history.examples_per_sec, 1) if math.isfinite(history.examples_per_sec) else None
+        ),
         "time_s": round(history.total_time, 1),
         "device": history.device,
         "profile": history.profile,
+        "interrupted": bool(getattr(history, "interrupted", False)),
         **extra,
     }
     path = os.environ.get("D2L_RESULTS")
