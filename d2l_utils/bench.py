@@ -442,15 +442,18 @@ def _course_run(
     test_iter: BatchLoader,
     lr: float,
     device: torch.device,
-    compile: bool,
+    options: dict[str, Any],
 ) -> tuple[History, float]:
-    """One epoch of the course's ``train_ch6`` (its printed lines swallowed); wall time too."""
+    """One epoch of the course's ``train_ch6`` (its printed lines swallowed); wall time too.
+
+    ``options`` are extra keyword arguments of ``train_ch6`` (``compile``, ``channels_last``).
+    """
     _sync(device)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         history = train_ch6(
             net, train_iter, test_iter, 1, lr, device,
-            init=False, profile="full", plot=False, compile=compile,
+            init=False, profile="full", plot=False, **options,
         )  # fmt: skip
     _sync(device)
     return history, time.perf_counter() - start
@@ -483,7 +486,7 @@ def run_case(
     warmup_batches: int = 2,
     num_workers: int = BOOK_WORKERS,
     seed: int = 0,
-    compile: bool = False,
+    options: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, PathTiming]:
     """Time ``case`` on both paths, ``repeats`` times each, taking turns.
@@ -493,6 +496,7 @@ def run_case(
     ``warmup_batches`` batches (and evaluates a few images), so one-off costs such as kernel
     selection are not timed.
     """
+    options = options or {}
     torch.manual_seed(seed)
     first = case.build()
     first.apply(init_weights)
@@ -516,7 +520,7 @@ def run_case(
     # Warm-up, untimed.
     w = min(warmup_batches * bs, len(train))
     warm_train, warm_test = course_loaders(train.subset(torch.arange(w)), 8, seed)
-    _course_run(nets["course"], warm_train, warm_test, case.lr, device, compile)
+    _course_run(nets["course"], warm_train, warm_test, case.lr, device, options)
     _textbook_run(
         nets["textbook"],
         textbook_loader(tv_train, bs, True, num_workers, limit=w, seed=seed),
@@ -532,7 +536,7 @@ def run_case(
             t = timings[path]
             if path == "course":
                 tr, te = course_loaders(course_train, None if limit is None else 8, seed + r)
-                h, wall = _course_run(nets["course"], tr, te, case.lr, device, compile)
+                h, wall = _course_run(nets["course"], tr, te, case.lr, device, options)
                 t.images = len(tr.dataset)
                 t.train_s.append(h.epoch_time[0])
                 t.train_loss.append(h.train_loss[0])
@@ -570,7 +574,6 @@ def _case_result(
     timings: dict[str, PathTiming],
     device: torch.device,
     peaks: dict[str, float],
-    compile: bool,
 ) -> dict[str, Any]:
     fwd = count_flops(case.build(), (1, 1, case.side, case.side))
     train_flops = 3 * fwd
@@ -593,7 +596,6 @@ def _case_result(
             "textbook": book["train_img_s"] * train_flops / (peaks["fp32"] * 1e9),
             "course": course["train_img_s"] * train_flops / (course_peak * 1e9),
         },
-        "compile": compile,
     }
     if "epoch_s_median" in course and "epoch_s_median" in book:
         result["speedup_epoch"] = book["epoch_s_median"] / course["epoch_s_median"]
@@ -613,10 +615,10 @@ def _load_splits(data: str, root: str | None) -> tuple[FashionMNIST, FashionMNIS
     return train_iter.dataset, test_iter.dataset
 
 
-def _peaks(device: torch.device) -> dict[str, float]:
-    peaks = {"fp32": matmul_peak(device, torch.float32)}
+def _peaks(device: torch.device, n: int | None) -> dict[str, float]:
+    peaks = {"fp32": matmul_peak(device, torch.float32, n)}
     if device.type == "cuda":
-        peaks["bf16"] = matmul_peak(device, torch.bfloat16)
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16, n)
     return peaks
 
 
@@ -629,7 +631,8 @@ def run_bench(
     root: str | None = None,
     num_workers: int = BOOK_WORKERS,
     seed: int = 0,
-    compile: bool = False,
+    options: dict[str, Any] | None = None,
+    peak_size: int | None = None,
     command: str = "",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -638,7 +641,7 @@ def run_bench(
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     train, test = _load_splits(data, root)
     log(f"data: {len(train):,} training and {len(test):,} test images ({data})")
-    peaks = _peaks(device)
+    peaks = _peaks(device, peak_size)
     log("matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
     timed = []
     for case in cases:
@@ -653,15 +656,15 @@ def run_bench(
                 repeats,
                 num_workers=num_workers,
                 seed=seed,
-                compile=compile,
+                options=options,
                 log=log,
             )  # fmt: skip
         )
     # The ceiling is the best rate the machine showed in this run: measure again at the end.
-    for key, value in _peaks(device).items():
+    for key, value in _peaks(device, peak_size).items():
         peaks[key] = max(peaks[key], value)
     results = [
-        _case_result(case, timings, device, peaks, compile)
+        _case_result(case, timings, device, peaks)
         for case, timings in zip(cases, timed, strict=True)
     ]
     return {
@@ -674,7 +677,9 @@ def run_bench(
         "textbook_workers": num_workers,
         "repeats": repeats,
         "seed": seed,
+        "course_options": options or {},
         "peak_gflops": peaks,
+        "peak_matmul_size": peak_size or (2048 if device.type == "cpu" else 8192),
         "flops_convention": FLOPS_CONVENTION,
         "load_average": {"start": load_before, "end": os.getloadavg() if load_before else None},
         "results": results,
@@ -789,6 +794,12 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
 
+def _options_text(options: dict[str, Any] | None) -> str:
+    if not options:
+        return " (its defaults)"
+    return " with " + ", ".join(f"`{k}={v}`" for k, v in options.items())
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table with a heading that names the machine and the command."""
     peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report["peak_gflops"].items())
@@ -825,7 +836,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"of {report['repeats']} runs per path, the paths taking turns). Epoch: training plus "
         "test evaluation. Textbook: torchvision `FashionMNIST` + `Resize`/`ToTensor`, "
         f"`DataLoader(num_workers={report['textbook_workers']})`, the book's per-batch "
-        "synchronising loop. Course: `d2l_utils.load_data` + `d2l_utils.train_ch6`. "
+        "synchronising loop. Course: `d2l_utils.load_data` + `d2l_utils.train_ch6`"
+        f"{_options_text(report.get('course_options'))}. "
         f"% of matmul peak: img/s × training FLOPs per image / peak; {report['flops_convention']}.",
     ]
     return "\n".join(lines) + "\n"
@@ -868,7 +880,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--root", default=None, help="folder with the Fashion-MNIST files")
     p.add_argument("--workers", type=int, default=BOOK_WORKERS, help="textbook DataLoader workers")
     p.add_argument("--compile", action="store_true", help="course path with torch.compile")
+    p.add_argument(
+        "--channels-last",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="course path's memory format (auto: train_ch6's own choice)",
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--peak-size", type=int, default=None, help="matmul side for the peak (2048 CPU, 8192 GPU)"
+    )
     p.add_argument(
         "--accuracy",
         action="store_true",
@@ -884,6 +905,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
     return args
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """train_ch6 options of the course path that differ from its defaults."""
+    options: dict[str, Any] = {}
+    if args.compile:
+        options["compile"] = True
+    if args.channels_last != "auto":
+        options["channels_last"] = args.channels_last == "on"
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -915,7 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_bench(
         cases, device, repeats,
         data=args.data, root=args.root, num_workers=args.workers, seed=args.seed,
-        compile=args.compile, command=command,
+        options=_options(args), peak_size=args.peak_size, command=command,
     )  # fmt: skip
     json_path, md_path = write_report(report, args.out)
     print()

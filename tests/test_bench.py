@@ -91,13 +91,13 @@ def test_run_case_times_both_paths_over_a_few_batches(sample):
 
 def test_cli_writes_json_and_markdown(tmp_path, capsys):
     args = ["--data", "sample", "--models", "lenet_bn", "--repeats", "1", "--batch-size", "500"]
-    assert bench.main([*args, "--workers", "2", "--out", str(tmp_path)]) == 0
+    args += ["--workers", "2", "--peak-size", "512"]
+    assert bench.main([*args, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert report["command"] == "python -m d2l_utils.bench " + " ".join(args) + (
-        f" --workers 2 --out {tmp_path}"
-    )
+    assert report["command"] == f"python -m d2l_utils.bench {' '.join(args)} --out {tmp_path}"
     assert report["device"] == "cpu" and report["data"] == "sample"
     assert report["textbook_workers"] == 2 and report["repeats"] == 1
+    assert report["peak_matmul_size"] == 512 and report["course_options"] == {}
     assert report["peak_gflops"]["fp32"] > 0 and "3 x forward FLOPs" in report["flops_convention"]
     (row,) = report["results"]
     assert (row["model"], row["input_px"], row["batch_size"], row["timed"]) == (
@@ -135,7 +135,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
 def test_markdown_leaves_epoch_columns_empty_for_batch_timed_models(sample):
     case = Case("tiny", _tiny, resize=None, lr=0.1, batch_size=50, batches=1)
     timings = run_case(case, *sample, torch.device("cpu"), 1, num_workers=0, log=lambda _: None)
-    result = bench._case_result(case, timings, torch.device("cpu"), {"fp32": 100.0}, False)
+    result = bench._case_result(case, timings, torch.device("cpu"), {"fp32": 100.0})
     assert "speedup_epoch" not in result and result["timed"] == "1 batch"
     report = {
         "device_name": "test machine", "device": "cpu", "torch": torch.__version__,
@@ -153,7 +153,8 @@ def test_unknown_model_is_refused():
         bench.main(["--models", "lenet_bn,vgg"])
 
 
-def test_accuracy_comparison_starts_both_paths_from_the_same_weights(tmp_path, capsys):
+def test_accuracy_comparison_writes_both_paths_per_seed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(bench.MODELS, "lenet_bn", _tiny)  # the flow, not LeNet's cost
     args = ["--accuracy", "--data", "sample", "--epochs", "1", "--seeds", "0,1", "--workers", "0"]
     assert bench.main([*args, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench_accuracy_lenet_bn.json").read_text())
@@ -167,3 +168,10 @@ def test_accuracy_comparison_starts_both_paths_from_the_same_weights(tmp_path, c
     rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(rows) == 2 + 2 + 1  # head, rule, one per seed, mean
     assert markdown in capsys.readouterr().out
+
+
+def test_course_options_reach_train_ch6():
+    assert bench._options(bench._parse([])) == {}
+    args = bench._parse(["--channels-last", "off", "--compile"])
+    assert bench._options(args) == {"compile": True, "channels_last": False}
+    assert bench._options(bench._parse(["--channels-last", "on"])) == {"channels_last": True}
