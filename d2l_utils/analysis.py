@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from d2l_utils.data import TEXT_LABELS, resize_batch
+from d2l_utils.device import prefers_channels_last
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -53,7 +54,7 @@ def predict(
     device = _model_device(net) if device is None else torch.device(device)
     # Convolutional nets get channels-last batches, as in train_ch6's evaluation, so that both
     # run the same float32 kernels and agree to the last prediction on a CPU.
-    channels_last = any(isinstance(m, nn.Conv2d) for m in net.modules())
+    channels_last = prefers_channels_last(net)  # as train_ch6 runs it
     was_training = net.training
     net.eval()  # batch norm must use its running statistics, as at test time
     preds, labels = [], []

@@ -116,7 +116,10 @@ class Case:
 
     ``batches=None`` times whole epochs: the full training set, then the test set is evaluated,
     so the end-to-end epoch time is measured.  An integer times that many training batches (drawn
-    from the first ``batches * batch_size`` training images) and skips the evaluation.
+    from the first ``batches * batch_size`` training images) and skips the evaluation; the
+    textbook's one-off start of each epoch (forking its workers, waiting for the first batch),
+    which a whole epoch amortises, is then left out of its time.  ``warmup`` batches are
+    trained on each path, untimed, before the timed runs.
     """
 
     name: str
@@ -125,6 +128,7 @@ class Case:
     lr: float
     batch_size: int = 256
     batches: int | None = None
+    warmup: int = 2
 
     @property
     def side(self) -> int:
@@ -152,13 +156,16 @@ def default_cases(
 
     LeNet-BN is always timed over whole epochs (its target is the end-to-end epoch).  ResNet-18
     and DenseNet at 96 px take minutes per epoch on a CPU, so there they are timed over a few
-    batches (``--quick``: fewer); on a GPU they are timed over whole epochs too.
+    batches; with ``quick``, one batch per run and no separate warm-up (the median of the runs
+    leaves out the cold first one).  On a GPU every model is timed over whole epochs.
     """
     cases = []
     for key in models:
         resize, lr = BOOK_SETTINGS[key]
         whole_epochs = key == "lenet_bn" or device.type != "cpu"
-        n = None if whole_epochs else (3 if quick else 8)
+        n = None if whole_epochs else (1 if quick else 4)
+        n = n if batches is None else batches
+        warmup = 0 if quick and n is not None else (2 if n is None else 1)
         cases.append(
             Case(
                 LABELS[key],
@@ -166,8 +173,9 @@ def default_cases(
                 resize,
                 lr,
                 batch_size=batch_size or 256,
-                batches=n if batches is None else batches,
-            )
+                batches=n,
+                warmup=warmup,
+            )  # fmt: skip
         )
     return cases
 
@@ -281,12 +289,9 @@ def textbook_datasets(
     is removed before returning.  Transforms are the book's: ``Resize(resize)`` if asked, then
     ``ToTensor``, applied to one PIL image at a time.
     """
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
-    steps: list[Any] = [transforms.ToTensor()]
-    if resize is not None:
-        steps.insert(0, transforms.Resize(resize))
-    trans = transforms.Compose(steps)
+    trans = book_transform(resize)
     with tempfile.TemporaryDirectory(prefix="d2l_bench_") as root:
         raw = Path(root) / "FashionMNIST" / "raw"
         raw.mkdir(parents=True)
@@ -298,6 +303,23 @@ def textbook_datasets(
             for is_train in (True, False)
         )
     return out  # type: ignore[return-value]
+
+
+def book_transform(resize: int | None) -> Callable[[Any], torch.Tensor]:
+    """The book's per-image transform: ``Resize(resize)`` if asked, then ``ToTensor``."""
+    from torchvision import transforms
+
+    steps: list[Any] = [transforms.ToTensor()]
+    if resize is not None:
+        steps.insert(0, transforms.Resize(resize))
+    return transforms.Compose(steps)
+
+
+def _with_transform(dataset: Any, resize: int | None) -> Any:
+    """A shallow copy of a torchvision dataset (sharing its images) with the book's transform."""
+    out = copy.copy(dataset)
+    out.transform = book_transform(resize)
+    return out
 
 
 def textbook_loader(
@@ -356,15 +378,19 @@ def book_train_epoch(
         on_batch: called as ``on_batch(i, mean loss so far, accuracy so far)`` after batch ``i``.
 
     Returns:
-        ``train_loss``, ``train_acc``, ``images``, ``wall_s`` (the whole loop, data included) and
-        ``book_s`` (the book's Timer: only the time from receiving a batch to its metrics).
+        ``train_loss``, ``train_acc``, ``images``, ``wall_s`` (the whole loop, data included),
+        ``first_batch_s`` (from the start of the loop until the first batch is there: for a
+        DataLoader with workers, their start) and ``book_s`` (the book's Timer: only the time
+        from receiving a batch to its metrics).
     """
     net.train()
     loss_sum = correct = count = 0.0
-    book_s = 0.0
+    book_s = first_batch_s = 0.0
     start = time.perf_counter()
     for i, (X, y) in enumerate(train_iter):
         t = time.perf_counter()
+        if i == 0:
+            first_batch_s = t - start
         optimizer.zero_grad()
         X, y = X.to(device), y.to(device)
         y_hat = net(X)
@@ -385,6 +411,7 @@ def book_train_epoch(
         "train_acc": correct / count,
         "images": count,
         "wall_s": wall,
+        "first_batch_s": first_batch_s,
         "book_s": book_s,
     }
 
@@ -483,18 +510,23 @@ def run_case(
     device: torch.device,
     repeats: int,
     *,
-    warmup_batches: int = 2,
     num_workers: int = BOOK_WORKERS,
     seed: int = 0,
     options: dict[str, Any] | None = None,
+    textbook: tuple[Any, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, PathTiming]:
     """Time ``case`` on both paths, ``repeats`` times each, taking turns.
 
     Both nets start from the same weights (the book's xavier init under ``seed``); each path keeps
     training its own net from run to run.  Before the timed runs each path trains
-    ``warmup_batches`` batches (and evaluates a few images), so one-off costs such as kernel
+    ``case.warmup`` batches (and evaluates a few images), so one-off costs such as kernel
     selection are not timed.
+
+    Args:
+        options: extra keyword arguments of the course's ``train_ch6``.
+        textbook: torchvision datasets of ``train`` and ``test`` to reuse (any transform);
+            by default they are made by :func:`textbook_datasets`.
     """
     options = options or {}
     torch.manual_seed(seed)
@@ -505,7 +537,10 @@ def run_case(
     bs = case.batch_size
     limit = None if case.batches is None else min(case.batches * bs, len(train))
     course_train = train if limit is None else train.subset(torch.arange(limit))
-    tv_train, tv_test = textbook_datasets(train, test, case.resize)
+    if textbook is None:
+        tv_train, tv_test = textbook_datasets(train, test, case.resize)
+    else:
+        tv_train, tv_test = (_with_transform(d, case.resize) for d in textbook)
 
     def course_loaders(
         data: FashionMNIST, evaluate: int | None, seed: int
@@ -517,17 +552,17 @@ def run_case(
             BatchLoader(few, bs, shuffle=False, resize=size),
         )
 
-    # Warm-up, untimed.
-    w = min(warmup_batches * bs, len(train))
-    warm_train, warm_test = course_loaders(train.subset(torch.arange(w)), 8, seed)
-    _course_run(nets["course"], warm_train, warm_test, case.lr, device, options)
-    _textbook_run(
-        nets["textbook"],
-        textbook_loader(tv_train, bs, True, num_workers, limit=w, seed=seed),
-        textbook_loader(tv_test, bs, False, num_workers, limit=8),
-        case.lr,
-        device,
-    )
+    if case.warmup:  # untimed
+        w = min(case.warmup * bs, len(train))
+        warm_train, warm_test = course_loaders(train.subset(torch.arange(w)), 8, seed)
+        _course_run(nets["course"], warm_train, warm_test, case.lr, device, options)
+        _textbook_run(
+            nets["textbook"],
+            textbook_loader(tv_train, bs, True, num_workers, limit=w, seed=seed),
+            textbook_loader(tv_test, bs, False, num_workers, limit=8),
+            case.lr,
+            device,
+        )
 
     timings = {"course": PathTiming(), "textbook": PathTiming()}
     for r in range(repeats):
@@ -551,7 +586,9 @@ def run_case(
                     nets["textbook"], tr_tv, te_tv, case.lr, device
                 )
                 t.images = int(stats["images"])
-                t.train_s.append(stats["wall_s"])
+                # A whole epoch includes the DataLoader's start; a few batches leave it out.
+                start = stats["first_batch_s"] if limit is not None else 0.0
+                t.train_s.append(stats["wall_s"] - start)
                 t.book_s.append(stats["book_s"])
                 t.train_loss.append(stats["train_loss"])
                 t.train_acc.append(stats["train_acc"])
@@ -643,6 +680,7 @@ def run_bench(
     log(f"data: {len(train):,} training and {len(test):,} test images ({data})")
     peaks = _peaks(device, peak_size)
     log("matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
+    textbook = textbook_datasets(train, test, None)  # read once; each case sets its transform
     timed = []
     for case in cases:
         log(f"{case.name} at {case.side} px, batch {case.batch_size}, timed: "
@@ -657,6 +695,7 @@ def run_bench(
                 num_workers=num_workers,
                 seed=seed,
                 options=options,
+                textbook=textbook,
                 log=log,
             )  # fmt: skip
         )
@@ -866,7 +905,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated, of {', '.join(MODELS)} (default: all; lenet_bn with --accuracy)",
     )
     p.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per path (default 3, quick 2)"
+        "--repeats", type=int, default=3, help="timed runs per path (the median is reported)"
     )
     p.add_argument("--batches", type=int, default=None, help="batches per run for every model")
     p.add_argument("--batch-size", type=int, default=None, help="default: the book's 256")
@@ -942,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"written: {stem}.json, {stem}.md ({report['total_s']:.0f} s)")
         return 0
     cases = default_cases(args.quick, device, args.models.split(","), args.batch_size, args.batches)
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats
     report = run_bench(
         cases, device, repeats,
         data=args.data, root=args.root, num_workers=args.workers, seed=args.seed,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from d2l_utils.resnet import ShortcutA, conv1x1, conv3x3
+from d2l_utils.resnet import ShortcutA, conv1x1, conv3x3, he_init_
 
 __all__ = ["CifarBlock", "CifarResNet", "cifar_resnet", "layer_grad_norms"]
 
@@ -119,15 +119,7 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64 * CifarBlock.expansion, num_classes)
 
-        # He initialisation, as in the paper and torchvision; the linear layer keeps PyTorch's.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self)  # as in the paper and torchvision
         if zero_init_residual:
             # The residual branch then outputs 0 and each block starts as relu(shortcut(x)):
             # the identity on the non-negative activations it receives (Goyal et al., 2017).

@@ -14,7 +14,7 @@ __all__ = ["lenet", "lenet_bn"]
 
 
 def lenet() -> nn.Sequential:
-    """The book's LeNet: ``(B, 1, 28, 28)`` images to ``(B, 10)`` logits; sigmoid, average pooling."""
+    """The book's sigmoid LeNet: ``(B, 1, 28, 28)`` images to ``(B, 10)`` logits."""
     return nn.Sequential(
         # padding=2 turns the 28x28 image into the 32x32 input LeNet-5 was designed for.
         nn.Conv2d(1, 6, kernel_size=5, padding=2),

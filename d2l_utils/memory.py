@@ -47,6 +47,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from d2l_utils.device import prefers_channels_last
+
 __all__ = ["StepMemory", "saved_tensor_bytes", "training_step_memory"]
 
 _MIB = 2**20
@@ -227,7 +229,7 @@ def training_step_memory(
             (it is pickled into a fresh process).
         input_shape: shape of the batch, e.g. ``(256, 1, 96, 96)``.
         device: ``"cuda[:i]"`` or ``"cpu"``; default CUDA when available, else the CPU.
-        channels_last: default: for nets with ``nn.Conv2d`` (as ``train_ch6``).
+        channels_last: default: :func:`~d2l_utils.device.prefers_channels_last` (as ``train_ch6``).
         amp: bf16 autocast, CUDA only; default: on CUDA (as ``train_ch6``).
 
     Returns:
@@ -237,7 +239,7 @@ def training_step_memory(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if channels_last is None:
-        channels_last = any(isinstance(m, nn.Conv2d) for m in net.modules())
+        channels_last = prefers_channels_last(net)
     if device.type == "cuda":
         return _measure_cuda(net, input_shape, device, channels_last, amp is not False)
     if device.type == "cpu":
@@ -261,10 +263,10 @@ def saved_tensor_bytes(
 
     Args:
         net: any module; ``input_shape`` e.g. ``(256, 1, 96, 96)``.
-        channels_last: default: for nets with ``nn.Conv2d`` (as ``train_ch6``).
+        channels_last: default: :func:`~d2l_utils.device.prefers_channels_last` (as ``train_ch6``).
     """
     if channels_last is None:
-        channels_last = any(isinstance(m, nn.Conv2d) for m in net.modules())
+        channels_last = prefers_channels_last(net)
     net, _ = _prepare(copy.deepcopy(net).cpu(), torch.device("cpu"), channels_last)
     X = torch.rand(*input_shape)
     if channels_last and X.dim() == 4:

@@ -107,7 +107,9 @@ def show_images(imgs, num_rows: int, num_cols: int, titles=None, scale: float = 
     for i, (ax, img) in enumerate(zip(axes, imgs, strict=False)):
         if hasattr(img, "detach"):
             img = img.detach().cpu().numpy()
-        ax.imshow(np.asarray(img).squeeze(), cmap="gray" if np.asarray(img).squeeze().ndim == 2 else None)
+        ax.imshow(
+            np.asarray(img).squeeze(), cmap="gray" if np.asarray(img).squeeze().ndim == 2 else None
+        )
         ax.axes.get_xaxis().set_visible(False)
         ax.axes.get_yaxis().set_visible(False)
         if titles:

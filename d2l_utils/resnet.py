@@ -31,6 +31,7 @@ __all__ = [
     "conv1x1",
     "conv3x3",
     "d2l_resnet18",
+    "he_init_",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -38,6 +39,19 @@ __all__ = [
     "resnet152",
     "resnet_block",
 ]
+
+
+def he_init_(net: nn.Module) -> None:
+    """He (fan-out) initialisation of every convolution, unit scale and zero shift for every batch
+    norm, zero convolution biases, as torchvision's ResNet; linear layers keep PyTorch's."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, *, bias: bool = False) -> nn.Conv2d:
@@ -235,13 +249,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
-        # He initialisation for ReLU networks, as torchvision; the linear layer keeps PyTorch's.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self)
         if zero_init_residual:
             # With the last gamma (and beta) at 0 the residual branch outputs exactly 0, so each
             # block starts as relu(shortcut(x)): the identity on the ReLU outputs it receives.

@@ -8,8 +8,10 @@ What changes, without changing what is computed:
 
 * metrics stay on the device and are read once per epoch (and at the plot's five points per
   epoch in Jupyter), instead of forcing a device-to-host copy after every batch;
-* convolutional nets run in ``channels_last`` memory format (about 1.4x faster for ResNet-18 on
-  a CPU, faster on GPUs too); bf16 autocast on CUDA (never on a CPU, where it is far slower);
+* convolutional nets with convolutions of 32 or more channels run in ``channels_last`` memory
+  format (about 1.4x faster for ResNet-18 on a CPU, faster on GPUs too; LeNet's narrow
+  convolutions are faster without it); bf16 autocast on CUDA (never on a CPU, where it is far
+  slower);
 * batches are built on the training device by :class:`d2l_utils.data.BatchLoader`;
 * it returns a :class:`History`, works with fewer than 5 batches an epoch, and outside Jupyter
   prints one line per epoch instead of drawing an empty figure.
@@ -52,7 +54,7 @@ from d2l_utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from d2l_utils.device import try_gpu
+from d2l_utils.device import prefers_channels_last, try_gpu
 from d2l_utils.plot import Animator, in_notebook
 from d2l_utils.profiles import Profile, get_profile
 
@@ -142,10 +144,6 @@ def _device_of(net: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _has_conv(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in net.modules())
-
-
 def _prepare_batch(
     X: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +181,7 @@ def evaluate_accuracy_gpu(
     _move_loader(data_iter, device)
     was_training = net.training
     net.eval()
-    channels_last = _has_conv(net)
+    channels_last = prefers_channels_last(net)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     try:
@@ -588,7 +586,7 @@ def train_ch6(
             norm), on the same already trained net.
         profile: run profile (name or object); default ``D2L_PROFILE`` or the device's default.
         plot: draw the live plot in Jupyter.
-        channels_last: ``None`` = automatically for nets with ``nn.Conv2d``.
+        channels_last: ``None`` = :func:`~d2l_utils.device.prefers_channels_last`.
         amp: bf16 autocast; ``None`` = on CUDA only.
         compile: wrap the model in ``torch.compile`` for training.
         checkpoint: a file path.  After every epoch the net, optimizer, scheduler, history and
@@ -640,7 +638,7 @@ def train_ch6(
             net.apply(_redraw)
         net.apply(init_weights)
     print("training on", device)
-    channels_last = _has_conv(net) if channels_last is None else channels_last
+    channels_last = prefers_channels_last(net) if channels_last is None else channels_last
     amp = device.type == "cuda" if amp is None else amp
     net.to(device)
     if channels_last:

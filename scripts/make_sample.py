@@ -3,7 +3,7 @@
 200 training and 100 test images per class, chosen reproducibly (seed 0) from the full dataset
 and stored with their indices into it, so tests can check the sample against the full files.
 
-    python scripts/make_sample.py /path/to/fashion-mnist   # writes d2l_utils/data/fashion_mnist_sample.npz
+    python scripts/make_sample.py /path/to/fashion-mnist  # -> d2l_utils/data/*.npz
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from d2l_utils.data import FILES, find_files, read_idx, stratified_indices
-
-import torch
 
 
 def main(root: str) -> None:
@@ -32,17 +31,12 @@ def main(root: str) -> None:
             "labels",
             FILES[f"{prefix}-labels-idx1-ubyte"].count,
         )
-        keep = stratified_indices(
-            torch.from_numpy(labels.astype(np.int64)), 10 * per_class
-        ).numpy()
+        keep = stratified_indices(torch.from_numpy(labels.astype(np.int64)), 10 * per_class).numpy()
         out[f"{split}_images"] = images[keep]
         out[f"{split}_labels"] = labels[keep]
         out[f"{split}_indices"] = keep.astype(np.int32)
     target = (
-        Path(__file__).resolve().parent.parent
-        / "d2l_utils"
-        / "data"
-        / "fashion_mnist_sample.npz"
+        Path(__file__).resolve().parent.parent / "d2l_utils" / "data" / "fashion_mnist_sample.npz"
     )
     np.savez_compressed(target, **out)
     print(f"wrote {target.name}: {target.stat().st_size:,} bytes")

@@ -1,6 +1,6 @@
 """Execute the course's notebooks in order and collect their results.
 
-    python scripts/run_notebooks.py                     # all notebooks -> build/*.ipynb, build/results.md
+    python scripts/run_notebooks.py                     # all -> build/*.ipynb, build/results.md
     python scripts/run_notebooks.py --inplace NB.ipynb  # refresh a notebook's committed outputs
 
 The active run profile applies (``D2L_PROFILE``; quick on a CPU, full on a GPU).  Each trained
@@ -39,7 +39,10 @@ def execute(path: Path, out: Path, timeout: int) -> float:
     nb = nbformat.read(path, as_version=4)
     os.environ["D2L_NOTEBOOK"] = path.name
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
     client.execute()
@@ -67,7 +70,9 @@ def write_table(rows: list[dict], target: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
-    parser.add_argument("--inplace", action="store_true", help="write outputs back into the notebook")
+    parser.add_argument(
+        "--inplace", action="store_true", help="write outputs back into the notebook"
+    )
     parser.add_argument("--build", type=Path, default=ROOT / "build")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     args = parser.parse_args(argv)

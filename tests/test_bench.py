@@ -49,6 +49,17 @@ def test_textbook_datasets_hold_the_same_images_and_labels(sample, resize):
             assert_close(X, resize_batch(ours.images[picks], size), rtol=0, atol=1 / 255 + 1e-6)
 
 
+def test_textbook_datasets_are_read_once_and_reused_with_each_transform(sample):
+    base = textbook_datasets(*sample, None)
+    for resize in (None, 32, 96):
+        reused = bench._with_transform(base[0], resize)
+        fresh = textbook_datasets(*sample, resize)[0]
+        assert reused.data is base[0].data  # the images are shared, not copied
+        for i in (0, 999):
+            assert_close(reused[i][0], fresh[i][0], rtol=0, atol=0)
+    assert base[0][0][0].shape == (1, 28, 28)  # the original keeps its own transform
+
+
 def test_matmul_peak_is_a_rate():
     rate = matmul_peak(torch.device("cpu"), n=256, repeats=2)
     assert math.isfinite(rate) and rate > 0.1  # GFLOP/s; any machine that runs torch does more
@@ -65,9 +76,10 @@ def test_default_cases_follow_the_book_and_the_device():
     assert (cpu["ResNet-18"].resize, cpu["ResNet-18"].lr) == (96, 0.05)
     assert (cpu["DenseNet"].resize, cpu["DenseNet"].lr) == (96, 0.1)
     assert all(c.batch_size == 256 for c in cpu.values())
-    assert cpu["ResNet-18"].batches is not None and cpu["DenseNet"].batches is not None
+    # --quick on a CPU: one batch per run, the median of the runs leaves out the cold first one.
+    assert [(c.batches, c.warmup) for c in cpu.values()] == [(None, 2), (1, 0), (1, 0)]
     slow = default_cases(quick=False, device=torch.device("cpu"))
-    assert slow[1].batches > cpu["ResNet-18"].batches
+    assert [(c.batches, c.warmup) for c in slow] == [(None, 2), (4, 1), (4, 1)]
     gpu = default_cases(quick=True, device=torch.device("cuda"))
     assert all(c.batches is None for c in gpu)  # whole epochs where epochs are cheap
 

@@ -67,3 +67,21 @@ def test_try_gpu_matches_this_machine():
         assert d2l.try_gpu() == torch.device("mps")
     else:
         assert d2l.try_gpu() == CPU and d2l.num_gpus() == 0
+
+
+def test_channels_last_only_for_nets_with_wide_convolutions():
+    from torch import nn
+
+    from d2l_utils.cifar_resnet import cifar_resnet
+    from d2l_utils.densenet import densenet
+    from d2l_utils.device import prefers_channels_last
+    from d2l_utils.lenet import lenet, lenet_bn
+    from d2l_utils.resnet import d2l_resnet18
+
+    # LeNet's convolutions have 6 and 16 channels: faster in the default layout.
+    assert not prefers_channels_last(lenet()) and not prefers_channels_last(lenet_bn())
+    assert not prefers_channels_last(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+    assert not prefers_channels_last(nn.Conv2d(3, 31, 3))
+    assert prefers_channels_last(nn.Conv2d(3, 32, 3))
+    for net in (d2l_resnet18(), densenet(), cifar_resnet(20)):
+        assert prefers_channels_last(net)

@@ -27,14 +27,19 @@ def _images(batch: int = 8) -> torch.Tensor:
     return torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
-def test_lenet_shapes_and_parameter_count():
-    net = lenet()
-    X = _images()
-    feature_shapes = []
+def _walk(net: nn.Sequential) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """The logits for 8 images, and the feature shape after each pooling layer."""
+    X, feature_shapes = _images(), []
     for layer in net:
         X = layer(X)
         if isinstance(layer, nn.AvgPool2d):
             feature_shapes.append(tuple(X.shape[1:]))
+    return X, feature_shapes
+
+
+def test_lenet_shapes_and_parameter_count():
+    net = lenet()
+    X, feature_shapes = _walk(net)
     assert feature_shapes == [(6, 14, 14), (16, 5, 5)]
     assert X.shape == (8, 10)
     expected = (
@@ -46,12 +51,7 @@ def test_lenet_shapes_and_parameter_count():
 @pytest.mark.parametrize("scratch", [False, True])
 def test_lenet_bn_shapes_and_parameter_count(scratch):
     net = lenet_bn(scratch)
-    X = _images()
-    feature_shapes = []
-    for layer in net:
-        X = layer(X)
-        if isinstance(layer, nn.AvgPool2d):
-            feature_shapes.append(tuple(X.shape[1:]))
+    X, feature_shapes = _walk(net)
     assert feature_shapes == [(6, 12, 12), (16, 4, 4)]
     assert X.shape == (8, 10)
     convs_linears = (

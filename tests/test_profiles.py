@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -38,7 +37,7 @@ def test_the_three_profiles():
     assert (full.train_limit, full.test_limit, full.max_epochs, full.max_resize) == (None,) * 4
     assert not full.use_sample
     assert (quick.train_limit, quick.test_limit, quick.max_epochs, quick.max_resize) == (
-        30_000,
+        30_720,
         None,
         4,
         32,
@@ -56,7 +55,7 @@ def test_str_is_one_line_naming_the_profile(name):
     text = str(PROFILES[name])
     assert "\n" not in text and text.startswith(f"profile {name}: ")
     if name == "quick":
-        assert "30,000" in text and "4 epochs" in text and "32 px" in text
+        assert "30,720" in text and "4 epochs" in text and "32 px" in text
     if name == "smoke":
         assert "sample" in text and "1 epoch" in text and "32 px" in text
 
@@ -112,14 +111,14 @@ def test_quick_load_data_line_and_stratified_subset(monkeypatch, capsys):
     monkeypatch.setenv("D2L_PROFILE", "quick")
     train_iter, test_iter = d2l.load_data_fashion_mnist(256, resize=96)
     assert capsys.readouterr().out == (
-        f"profile quick: 30,000 of 60,000 training images, 32 px instead of 96 px; {FULL_RUN}\n"
+        f"profile quick: 30,720 of 60,000 training images, 32 px instead of 96 px; {FULL_RUN}\n"
     )
     train, test = train_iter.dataset, test_iter.dataset
-    assert len(train) == 30_000 and len(test) == 10_000
-    assert torch.bincount(train.labels, minlength=10).tolist() == [3_000] * 10
-    assert len(train.indices.unique()) == 30_000
+    assert len(train) == 30_720 and len(test) == 10_000
+    assert torch.bincount(train.labels, minlength=10).tolist() == [3_072] * 10
+    assert len(train.indices.unique()) == 30_720
     assert next(iter(test_iter))[0].shape == (256, 1, 32, 32)
-    assert len(train_iter) == math.ceil(30_000 / 256)
+    assert len(train_iter) == 30_720 // 256 == 120  # whole batches only
     # The subset is the same images every time, taken from the full split at train.indices.
     full, _ = d2l.load_data_fashion_mnist(256, profile="full")
     assert torch.equal(full.dataset.images[train.indices], train.images)
@@ -138,7 +137,7 @@ def test_quick_load_data_line_and_stratified_subset(monkeypatch, capsys):
 )
 def test_quick_caps_the_image_size(capsys, resize, change, shape):
     _, test_iter = d2l.load_data_fashion_mnist(100, resize=resize, profile="quick")
-    line = f"profile quick: 30,000 of 60,000 training images{change}; {FULL_RUN}\n"
+    line = f"profile quick: 30,720 of 60,000 training images{change}; {FULL_RUN}\n"
     assert capsys.readouterr().out == line
     assert next(iter(test_iter))[0].shape == (100, 1, *shape)
 
