@@ -15,10 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from d2l_utils.data import TEXT_LABELS, resize_batch
-from d2l_utils.device import prefers_channels_last
+from d2l_utils.device import device_of, in_layout, prefers_channels_last
 
 __all__ = [
-    "FASHION_MNIST_CLASSES",
     "Prediction",
     "class_probabilities",
     "classify",
@@ -33,14 +32,6 @@ __all__ = [
     "show_misclassified",
 ]
 
-# Class ``i`` is named ``FASHION_MNIST_CLASSES[i]`` (the names of ``get_fashion_mnist_labels``).
-FASHION_MNIST_CLASSES: tuple[str, ...] = TEXT_LABELS
-
-
-def _model_device(net: nn.Module) -> torch.device:
-    param = next(net.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
 
 @torch.no_grad()
 def predict(
@@ -51,7 +42,7 @@ def predict(
     Returns:
         ``(preds, labels)``: two int64 CPU tensors of shape ``(N,)``, in the iterator's order.
     """
-    device = _model_device(net) if device is None else torch.device(device)
+    device = device_of(net) if device is None else torch.device(device)
     # Convolutional nets get channels-last batches, as in train_ch6's evaluation, so that both
     # run the same float32 kernels and agree to the last prediction on a CPU.
     channels_last = prefers_channels_last(net)  # as train_ch6 runs it
@@ -60,9 +51,7 @@ def predict(
     preds, labels = [], []
     try:
         for X, y in data_iter:
-            X = X.to(device)
-            if channels_last and X.dim() == 4:
-                X = X.contiguous(memory_format=torch.channels_last)
+            X = in_layout(X.to(device), channels_last)
             preds.append(net(X).argmax(dim=1).cpu())
             labels.append(y.cpu())
     finally:
@@ -119,7 +108,7 @@ def misclassified(preds: Tensor, labels: Tensor) -> Tensor:
 
 def plot_confusion_matrix(
     cm: Tensor,
-    class_names: Sequence[str] = FASHION_MNIST_CLASSES,
+    class_names: Sequence[str] = TEXT_LABELS,
     *,
     normalize: bool = True,
     ax=None,
@@ -165,7 +154,7 @@ def show_misclassified(
     labels: Tensor,
     num_rows: int = 3,
     num_cols: int = 8,
-    class_names: Sequence[str] = FASHION_MNIST_CLASSES,
+    class_names: Sequence[str] = TEXT_LABELS,
     scale: float = 1.5,
 ):
     """Grid of the first ``num_rows * num_cols`` misclassified images, titled ``pred / true``.
@@ -252,7 +241,7 @@ def class_probabilities(net: nn.Module, image: Tensor, *, resize: int | None = N
     was_training = net.training
     net.eval()  # one image is no batch: batch norm must use its running statistics
     try:
-        logits = net(preprocess(image, resize).to(_model_device(net)))[0]
+        logits = net(preprocess(image, resize).to(device_of(net)))[0]
     finally:
         net.train(was_training)
     return logits.float().softmax(dim=0).cpu()
@@ -263,7 +252,7 @@ def classify(
     image: Tensor,
     *,
     resize: int | None = None,
-    class_names: Sequence[str] = FASHION_MNIST_CLASSES,
+    class_names: Sequence[str] = TEXT_LABELS,
 ) -> Prediction:
     """Classify one uint8 image ``(H, W)``: the most likely class and its probability."""
     probs = class_probabilities(net, image, resize=resize)

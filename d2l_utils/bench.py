@@ -57,12 +57,11 @@ from torch import nn
 
 from d2l_utils.data import BatchLoader, FashionMNIST, load_data, load_sample
 from d2l_utils.measure import count_flops
-from d2l_utils.train import History, init_weights, train_ch6
+from d2l_utils.train import History, accuracy, init_weights, train_ch6
 
 __all__ = [
     "Case",
     "PathTiming",
-    "book_accuracy",
     "book_evaluate",
     "book_train_ch6",
     "book_train_epoch",
@@ -342,13 +341,6 @@ def textbook_loader(
     )
 
 
-def book_accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
-    """Number of correct predictions, as a Python float: reading it waits for the device."""
-    if y_hat.dim() > 1 and y_hat.shape[1] > 1:
-        y_hat = y_hat.argmax(dim=1)
-    return float((y_hat.type(y.dtype) == y).type(y.dtype).sum())
-
-
 def book_evaluate(net: nn.Module, data_iter: Iterable, device: torch.device) -> float:
     """The book's ``evaluate_accuracy_gpu``: eval mode, one host copy per batch."""
     net.eval()
@@ -356,7 +348,7 @@ def book_evaluate(net: nn.Module, data_iter: Iterable, device: torch.device) -> 
     with torch.no_grad():
         for X, y in data_iter:
             X, y = X.to(device), y.to(device)
-            correct += book_accuracy(net(X), y)
+            correct += accuracy(net(X), y)
             count += y.numel()
     return correct / count
 
@@ -399,7 +391,7 @@ def book_train_epoch(
         optimizer.step()
         with torch.no_grad():
             loss_sum += float(batch_loss * X.shape[0])
-            correct += book_accuracy(y_hat, y)
+            correct += accuracy(y_hat, y)
             count += X.shape[0]
         book_s += time.perf_counter() - t
         if on_batch is not None:

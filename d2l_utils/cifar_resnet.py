@@ -13,20 +13,23 @@ shortcuts have no parameters and both variants have exactly the same parameter c
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from d2l_utils.resnet import ShortcutA, conv1x1, conv3x3, he_init_
+from d2l_utils.resnet import BasicBlock, ShortcutA, conv1x1, conv3x3, he_init_
 
 __all__ = ["CifarBlock", "CifarResNet", "cifar_resnet", "layer_grad_norms"]
 
 
-class CifarBlock(nn.Module):
+class CifarBlock(BasicBlock):
     """Two 3x3 convolutions, each followed by batch norm, with or without the shortcut.
 
-    ``residual=True`` is the ResNet block ``relu(F(x) + shortcut(x))`` (torchvision's
-    ``BasicBlock``, same ``state_dict``); ``residual=False`` is the plain block ``relu(F(x))``
-    with exactly the same convolutions and batch norms.
+    ``residual=True`` is the ResNet block ``relu(F(x) + shortcut(x))``
+    (:class:`~d2l_utils.resnet.BasicBlock`, as torchvision's, same ``state_dict``);
+    ``residual=False`` is the plain block ``relu(F(x))`` with exactly the same convolutions and
+    batch norms.
 
     Args:
         inplanes: input channels; the input is ``(B, inplanes, H, W)``.
@@ -39,8 +42,6 @@ class CifarBlock(nn.Module):
         batch_norm: ``False`` drops the batch norms and gives the convolutions a bias instead.
     """
 
-    expansion: int = 1
-
     def __init__(
         self,
         inplanes: int,
@@ -50,16 +51,12 @@ class CifarBlock(nn.Module):
         shortcut: str = "A",
         batch_norm: bool = True,
     ) -> None:
-        super().__init__()
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        super().__init__(inplanes, planes, stride, bias=not batch_norm)
+        if not batch_norm:
+            self.bn1, self.bn2 = nn.Identity(), nn.Identity()
         self.residual = residual
-        self.conv1 = conv3x3(inplanes, planes, stride, bias=not batch_norm)
-        self.bn1 = nn.BatchNorm2d(planes) if batch_norm else nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes, bias=not batch_norm)
-        self.bn2 = nn.BatchNorm2d(planes) if batch_norm else nn.Identity()
-        self.downsample: nn.Module | None = None  # None: identity shortcut (or none at all)
         if residual and (stride != 1 or inplanes != planes):
             if shortcut == "A":
                 self.downsample = ShortcutA(inplanes, planes, stride)
@@ -71,11 +68,8 @@ class CifarBlock(nn.Module):
                 self.downsample = conv1x1(inplanes, planes, stride, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        out = self.branch(x)
+        return self.relu(out + self.shortcut(x) if self.residual else out)
 
 
 class CifarResNet(nn.Module):
@@ -83,7 +77,20 @@ class CifarResNet(nn.Module):
 
     Input ``(B, in_channels, H, W)``, output logits ``(B, num_classes)``; any ``H, W >= 4`` work
     because the head averages over whatever spatial size is left (28x28 becomes 28, 14, 7).
-    See :func:`cifar_resnet` for the arguments.
+
+    Args:
+        depth: number of weighted layers, ``6n + 2`` (20, 32, 44, 56, 110 in the paper).
+        residual: ``False`` builds the plain network: the same layers without shortcuts.
+        num_classes: outputs of the linear head.
+        in_channels: 1 for Fashion-MNIST, 3 for CIFAR-10.
+        shortcut: ``"A"`` zero-padding shortcuts (no parameters, the paper's CIFAR choice) or
+            ``"B"`` 1x1-convolution projections where the shape changes.
+        batch_norm: ``False`` removes every batch norm (the convolutions get biases instead).
+        zero_init_residual: start every block's last batch-norm scale at 0, so each residual
+            block begins as the identity (Goyal et al., 2017).
+
+    Raises:
+        ValueError: for a depth that is not ``6n + 2`` or an unknown shortcut option.
     """
 
     def __init__(
@@ -152,34 +159,10 @@ class CifarResNet(nn.Module):
         ]
 
 
-def cifar_resnet(
-    depth: int,
-    residual: bool = True,
-    num_classes: int = 10,
-    in_channels: int = 1,
-    shortcut: str = "A",
-    batch_norm: bool = True,
-    zero_init_residual: bool = False,
-) -> CifarResNet:
-    """ResNet-``depth`` (``residual=True``) or plain-``depth`` for small images.
-
-    Args:
-        depth: number of weighted layers, ``6n + 2`` (20, 32, 44, 56, 110 in the paper).
-        residual: ``False`` builds the plain network: the same layers without shortcuts.
-        num_classes: outputs of the linear head.
-        in_channels: 1 for Fashion-MNIST, 3 for CIFAR-10.
-        shortcut: ``"A"`` zero-padding shortcuts (no parameters, the paper's CIFAR choice) or
-            ``"B"`` 1x1-convolution projections where the shape changes.
-        batch_norm: ``False`` removes every batch norm (the convolutions get biases instead).
-        zero_init_residual: start every block's last batch-norm scale at 0, so each residual
-            block begins as the identity (Goyal et al., 2017).
-
-    Raises:
-        ValueError: for a depth that is not ``6n + 2`` or an unknown shortcut option.
-    """
-    return CifarResNet(
-        depth, residual, num_classes, in_channels, shortcut, batch_norm, zero_init_residual
-    )
+def cifar_resnet(depth: int, residual: bool = True, **kwargs: Any) -> CifarResNet:
+    """ResNet-``depth`` (``residual=True``) or plain-``depth`` for small images; the other
+    keyword arguments are :class:`CifarResNet`'s."""
+    return CifarResNet(depth, residual, **kwargs)
 
 
 def layer_grad_norms(

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["cpu", "num_gpus", "prefers_channels_last", "try_all_gpus", "try_gpu"]
+__all__ = [
+    "cpu",
+    "device_of",
+    "in_layout",
+    "num_gpus",
+    "prefers_channels_last",
+    "try_all_gpus",
+    "try_gpu",
+]
 
 # Narrower convolutions than this run faster in the default (contiguous) layout.
 CHANNELS_LAST_MIN_WIDTH = 32
@@ -55,3 +63,16 @@ def prefers_channels_last(net: nn.Module) -> bool:
         isinstance(m, nn.Conv2d) and m.out_channels >= CHANNELS_LAST_MIN_WIDTH
         for m in net.modules()
     )
+
+
+def device_of(net: nn.Module) -> torch.device:
+    """Where ``net``'s parameters are; the CPU for a net without parameters."""
+    param = next(iter(net.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def in_layout(X: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``X`` in ``channels_last`` memory format if asked and ``X`` is ``(B, C, H, W)``."""
+    if channels_last and X.dim() == 4:
+        return X.contiguous(memory_format=torch.channels_last)
+    return X

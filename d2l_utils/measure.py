@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from d2l_utils.device import device_of
+
 __all__ = ["count_flops", "count_params"]
 
 
@@ -24,8 +26,7 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
     """
     was_training = net.training
     net.eval()
-    param = next(iter(net.parameters()), None)
-    x = torch.zeros(*input_shape, device=param.device if param is not None else "cpu")
+    x = torch.zeros(*input_shape, device=device_of(net))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x)
     net.train(was_training)

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from d2l_utils.device import prefers_channels_last
+from d2l_utils.device import in_layout, prefers_channels_last
 
 __all__ = ["StepMemory", "saved_tensor_bytes", "training_step_memory"]
 
@@ -90,9 +90,7 @@ def _batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A random image batch of ``input_shape`` and labels valid for ``net``'s output."""
     gen = torch.Generator().manual_seed(0)
-    X = torch.rand(*input_shape, generator=gen).to(device)
-    if channels_last and X.dim() == 4:
-        X = X.contiguous(memory_format=torch.channels_last)
+    X = in_layout(torch.rand(*input_shape, generator=gen).to(device), channels_last)
     with torch.no_grad():
         was_training = net.training
         num_classes = net.eval()(X[:1]).shape[1]
@@ -268,9 +266,7 @@ def saved_tensor_bytes(
     if channels_last is None:
         channels_last = prefers_channels_last(net)
     net, _ = _prepare(copy.deepcopy(net).cpu(), torch.device("cpu"), channels_last)
-    X = torch.rand(*input_shape)
-    if channels_last and X.dim() == 4:
-        X = X.contiguous(memory_format=torch.channels_last)
+    X = in_layout(torch.rand(*input_shape), channels_last)
     held = itertools.chain(net.parameters(), net.buffers())
     excluded = {t.untyped_storage().data_ptr() for t in held}
     excluded.add(X.untyped_storage().data_ptr())

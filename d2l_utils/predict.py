@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from d2l_utils.analysis import FASHION_MNIST_CLASSES, class_probabilities, load_png
+from d2l_utils.analysis import class_probabilities, load_png
+from d2l_utils.data import TEXT_LABELS
 
 __all__ = ["ARCHITECTURES", "build_model", "load_model", "main", "save_model"]
 
@@ -59,7 +60,7 @@ def save_model(
     arch: str,
     arch_kwargs: dict[str, Any] | None = None,
     resize: int | None = None,
-    class_names: Sequence[str] = FASHION_MNIST_CLASSES,
+    class_names: Sequence[str] = TEXT_LABELS,
 ) -> Path:
     """Save ``net``'s weights with what is needed to rebuild it and feed it an image.
 

@@ -138,12 +138,14 @@ class BasicBlock(nn.Module):
         """The path that skips the convolutions: the identity unless the shape changes."""
         return x if self.downsample is None else self.downsample(x)
 
+    def branch(self, x: Tensor) -> Tensor:
+        """The residual branch ``F(x)``: conv-BN-ReLU-conv-BN."""
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
         # Add to the *input* x (projected if needed), then the last ReLU; both ReLUs may be in
         # place because they act on fresh tensors, never on x itself.
-        return self.relu(out + self.shortcut(x))
+        return self.relu(self.branch(x) + self.shortcut(x))
 
 
 class Residual(BasicBlock):

@@ -54,7 +54,7 @@ from d2l_utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from d2l_utils.device import prefers_channels_last, try_gpu
+from d2l_utils.device import device_of, in_layout, prefers_channels_last, try_gpu
 from d2l_utils.plot import Animator, in_notebook
 from d2l_utils.profiles import Profile, get_profile
 
@@ -137,13 +137,6 @@ def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
     return float(_correct(y_hat, y))
 
 
-def _device_of(net: nn.Module) -> torch.device:
-    try:
-        return next(iter(net.parameters())).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _prepare_batch(
     X: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,9 +145,7 @@ def _prepare_batch(
         X, y = X.pin_memory(), y.pin_memory()
     X = X.to(device, non_blocking=non_blocking)
     y = y.to(device, non_blocking=non_blocking)
-    if channels_last and X.dim() == 4:
-        X = X.contiguous(memory_format=torch.channels_last)
-    return X, y
+    return in_layout(X, channels_last), y
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -177,7 +168,7 @@ def evaluate_accuracy_gpu(
         data_iter: batches ``(X, y)``.
         device: where to run; default: where ``net``'s parameters are.
     """
-    device = _device_of(net) if device is None else torch.device(device)
+    device = device_of(net) if device is None else torch.device(device)
     _move_loader(data_iter, device)
     was_training = net.training
     net.eval()
@@ -352,7 +343,7 @@ def _check_outputs(net: nn.Module, train_iter: Iterable, test_iter: Iterable) ->
         X, y = next(iter(test_iter))
     except StopIteration:
         raise ValueError("test_iter yielded no batches; expected at least one") from None
-    device = _device_of(net)
+    device = device_of(net)
     X, y = X[:2].to(device), y[:2].to(device)
     was_training = net.training
     net.eval()

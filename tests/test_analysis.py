@@ -13,7 +13,6 @@ from torch import nn
 
 from d2l_utils import analysis, predict, resnet
 from d2l_utils.analysis import (
-    FASHION_MNIST_CLASSES,
     classify,
     confusion_matrix,
     load_png,
@@ -24,7 +23,7 @@ from d2l_utils.analysis import (
     save_png,
     show_misclassified,
 )
-from d2l_utils.data import load_data_fashion_mnist
+from d2l_utils.data import TEXT_LABELS, load_data_fashion_mnist
 from d2l_utils.profiles import Profile
 
 matplotlib.use("Agg")
@@ -180,7 +179,7 @@ def test_classify_matches_softmax_of_the_eval_mode_net():
     with torch.no_grad():
         probs = torch.softmax(net(preprocess(image, 32)), dim=1)[0]
     assert result.label == int(probs.argmax())
-    assert result.name == FASHION_MNIST_CLASSES[result.label]
+    assert result.name == TEXT_LABELS[result.label]
     assert result.prob == pytest.approx(float(probs.max()), rel=1e-6)
 
 
@@ -191,7 +190,7 @@ def test_plot_confusion_matrix_draws_row_fractions():
     shown = torch.from_numpy(np.asarray(ax.get_images()[0].get_array()))
     expected = cm.double() / cm.sum(dim=1, keepdim=True)
     torch.testing.assert_close(shown, expected)
-    assert [t.get_text() for t in ax.get_xticklabels()] == list(FASHION_MNIST_CLASSES)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(TEXT_LABELS)
     matplotlib.pyplot.close(ax.figure)
 
 
@@ -220,7 +219,7 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path, tiny_arch):
     )
     loaded, checkpoint = predict.load_model(path)
     assert not loaded.training
-    assert checkpoint["resize"] == 32 and checkpoint["class_names"] == list(FASHION_MNIST_CLASSES)
+    assert checkpoint["resize"] == 32 and checkpoint["class_names"] == list(TEXT_LABELS)
     X = torch.rand(8, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(X), net.eval()(X))
