@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test run lab bench lint clean
+.PHONY: test test-gpu run lab bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest --nbval
 
+## make test-gpu: only the tests marked `gpu` (CUDA); fails on a machine without a CUDA device
+test-gpu: $(STAMP)
+	D2L_REQUIRE_GPU=1 $(BIN)/python -m pytest -m gpu tests
+
 ## make run: execute every notebook in order under the active profile -> build/
+##   (checks the data first; DOWNLOAD=1 fetches missing dataset files)
 run: $(STAMP)
-	$(BIN)/python scripts/run_notebooks.py
+	$(BIN)/python scripts/run_notebooks.py $(if $(DOWNLOAD),--download)
 
 ## make lab: JupyterLab on notebooks/
 lab: $(STAMP)
@@ -27,11 +32,12 @@ lab: $(STAMP)
 
 ## make bench: the course's data path and loop vs. the textbook's, side by side -> build/
 bench: $(STAMP)
-	$(BIN)/python -m d2l_utils.bench --quick
+	$(BIN)/python -m benchmarks.bench --quick
 
+## make lint: ruff's checks and formatting of the package, the tests, the scripts and the benchmark
 lint: $(STAMP)
-	$(BIN)/ruff check d2l_utils tests scripts
-	$(BIN)/ruff format --check d2l_utils tests scripts
+	$(BIN)/ruff check d2l_utils tests scripts benchmarks
+	$(BIN)/ruff format --check d2l_utils tests scripts benchmarks
 
 clean:
 	rm -rf build .pytest_cache

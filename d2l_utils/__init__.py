@@ -25,6 +25,7 @@ from d2l_utils.data import (
 from d2l_utils.device import cpu, num_gpus, try_all_gpus, try_gpu
 from d2l_utils.plot import Animator, set_axes, show_images
 from d2l_utils.profiles import Profile, get_profile
+from d2l_utils.resnet import Residual
 from d2l_utils.results import record_result
 from d2l_utils.train import (
     Accumulator,
@@ -52,6 +53,7 @@ __all__ = [
     "DivergenceError",
     "History",
     "Profile",
+    "Residual",
     "Timer",
     "accuracy",
     "cpu",

@@ -1,5 +1,9 @@
 """Checkpoints of :func:`d2l_utils.train.train_ch6`: written atomically, read safely.
 
+The format belongs to this module alone: :func:`pack` gathers a run's state, :func:`save_checkpoint`
+writes it, :func:`load_checkpoint` reads it, :func:`check_resumable` refuses a file written by a
+different run (before anything changes) and :func:`restore` puts the state back.
+
 A checkpoint is one file written with ``torch.save`` after every completed epoch.  It holds plain
 data only (tensors, numbers, strings, lists, dicts), so it is read back with
 ``torch.load(..., weights_only=True)``, which cannot run code hidden in a file.
@@ -16,18 +20,24 @@ import contextlib
 import os
 import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
+    "check_resumable",
     "get_rng_state",
     "load_checkpoint",
+    "pack",
+    "read_if_present",
+    "restore",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -150,3 +160,137 @@ def set_rng_state(state: dict[str, Any]) -> None:
         and torch.cuda.device_count() == len(state["cuda"])
     ):
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_if_present(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if the file exists, else ``None`` (a run that starts afresh)."""
+    if path is None or not Path(path).exists():
+        return None
+    return load_checkpoint(path)  # a folder, a corrupt or foreign file: CheckpointError
+
+
+def _class_name(obj: object) -> str | None:
+    return type(obj).__qualname__ if obj is not None else None
+
+
+def pack(
+    *,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_iter: Iterable,
+    history: dict[str, Any],
+    num_epochs: int,
+    lr: float,
+    examples_seen: int,
+) -> dict[str, Any]:
+    """Everything a run needs to continue after its last completed epoch, as plain data.
+
+    ``history`` is the run's history as a dict (``dataclasses.asdict``); ``num_epochs`` the
+    epochs the run trains (after the profile's cap).  The training loader's shuffle state is
+    kept when the loader has ``state_dict`` (a :class:`~d2l_utils.data.BatchLoader`).
+    """
+    loader_state = getattr(train_iter, "state_dict", None)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "epoch": history["num_epochs"],
+        "num_epochs": num_epochs,
+        "profile": history["profile"],
+        "lr": float(lr),
+        "model_class": type(net).__qualname__,
+        "model": net.state_dict(),
+        "optimizer_class": type(optimizer).__qualname__,
+        "optimizer": optimizer.state_dict(),
+        "scheduler_class": _class_name(scheduler),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": history,
+        "examples_seen": examples_seen,
+        "rng": get_rng_state(),
+        "loader": loader_state() if callable(loader_state) else None,
+    }
+
+
+_REFIT = "pass the settings it was written with, or delete it (or pass another checkpoint= path)"
+
+
+def check_resumable(
+    state: dict[str, Any], path: Path, net: nn.Module, profile: str, num_epochs: int, lr: float
+) -> None:
+    """Refuse a checkpoint written by a different run, before anything is changed.
+
+    Raises:
+        CheckpointError: naming the file and the setting that differs (profile, ``lr``, more
+            completed epochs than ``num_epochs``, the model's class or parameter shapes).
+    """
+    where = f"checkpoint {path}"
+    if state["profile"] != profile:
+        raise CheckpointError(
+            f"{where} was written under profile {state['profile']}, this run uses {profile} "
+            "(the profiles train on different data; give each its own file, e.g. "
+            f"f'run-{{PROFILE.name}}.pt'); {_REFIT}"
+        )
+    if state["lr"] != float(lr):
+        raise CheckpointError(
+            f"{where} was written with lr={state['lr']}, this call has lr={lr}; {_REFIT}"
+        )
+    if state["epoch"] > num_epochs:
+        raise CheckpointError(
+            f"{where} holds {state['epoch']} completed epochs, more than the {num_epochs} this "
+            f"call trains; {_REFIT}"
+        )
+    if state["model_class"] != type(net).__qualname__:
+        raise CheckpointError(
+            f"{where} holds a {state['model_class']}, net is a {type(net).__qualname__}; {_REFIT}"
+        )
+    _check_shapes(state["model"], net, where)
+
+
+def _check_shapes(saved: dict[str, torch.Tensor], net: nn.Module, where: str) -> None:
+    ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in saved.items()}
+    if ours == theirs:
+        return
+    problems = [f"missing {k}" for k in ours if k not in theirs]
+    problems += [f"unexpected {k}" for k in theirs if k not in ours]
+    problems += [
+        f"{k} is {theirs[k]}, net has {ours[k]}"
+        for k in ours
+        if k in theirs and ours[k] != theirs[k]
+    ]
+    more = "; …" if len(problems) > 3 else ""
+    raise CheckpointError(f"{where} does not fit net ({'; '.join(problems[:3])}{more}); {_REFIT}")
+
+
+def restore(
+    state: dict[str, Any],
+    path: Path,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_iter: Iterable,
+) -> tuple[dict[str, Any], int]:
+    """Load a checked checkpoint into a run: returns its history (a dict) and examples seen.
+
+    The random number generators are restored last, since loading the rest may draw from them.
+    """
+    net.load_state_dict(state["model"])
+    fix = "build the optimizer and scheduler as when it was written, or delete it"
+    ours = (type(optimizer).__qualname__, _class_name(scheduler))
+    if (state["optimizer_class"], state["scheduler_class"]) != ours:
+        raise CheckpointError(
+            f"checkpoint {path} was written with optimizer {state['optimizer_class']} and "
+            f"scheduler {state['scheduler_class']}, this call has {ours[0]} and {ours[1]}; {fix}"
+        )
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the optimizer ({exc}); {fix}"
+        ) from exc
+    if state["loader"] is not None and hasattr(train_iter, "load_state_dict"):
+        train_iter.load_state_dict(state["loader"])  # the shuffle of the next epoch, exactly
+    set_rng_state(state["rng"])
+    return state["history"], int(state["examples_seen"])

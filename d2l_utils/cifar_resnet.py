@@ -9,6 +9,10 @@ stride 2), global average pooling and a linear layer: ``6n + 2`` weighted layers
 The *plain* network is the same stack with the shortcuts removed, so any difference between the
 two is due to the shortcuts alone.  With option A shortcuts (subsample and pad with zeros) the
 shortcuts have no parameters and both variants have exactly the same parameter count.
+
+As with torchvision's ResNets, one class builds every member (:class:`CifarResNet`, given the
+depth) and a factory names each network of the paper: :func:`resnet20` ... :func:`resnet110`
+and their plain twins :func:`plain20` ... :func:`plain110`, all with keyword-only options.
 """
 
 from __future__ import annotations
@@ -18,28 +22,52 @@ from typing import Any
 import torch
 from torch import nn
 
-from d2l_utils.resnet import BasicBlock, ShortcutA, conv1x1, conv3x3, he_init_
+from d2l_utils.resnet import ShortcutA, conv1x1, conv3x3, he_init_
 
-__all__ = ["CifarBlock", "CifarResNet", "cifar_resnet", "layer_grad_norms"]
+__all__ = [
+    "CifarBlock",
+    "CifarResNet",
+    "layer_grad_norms",
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+]
 
 
-class CifarBlock(BasicBlock):
-    """Two 3x3 convolutions, each followed by batch norm, with or without the shortcut.
+def _shortcut(inplanes: int, planes: int, stride: int, option: str, batch_norm: bool) -> nn.Module:
+    """The shortcut of a block that changes the shape: option A (zero padding) or B (1x1 conv)."""
+    if option == "A":
+        return ShortcutA(inplanes, planes, stride)
+    if batch_norm:
+        return nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+    return conv1x1(inplanes, planes, stride, bias=True)
 
-    ``residual=True`` is the ResNet block ``relu(F(x) + shortcut(x))``
-    (:class:`~d2l_utils.resnet.BasicBlock`, as torchvision's, same ``state_dict``);
-    ``residual=False`` is the plain block ``relu(F(x))`` with exactly the same convolutions and
-    batch norms.
+
+class CifarBlock(nn.Module):
+    """The paper's CIFAR building block: two 3x3 conv-BN layers, residual or plain.
+
+    ``F(x) = bn2(conv2(relu(bn1(conv1(x)))))``; the block returns ``relu(F(x) + shortcut(x))``
+    when ``residual`` (a ResNet block) and ``relu(F(x))`` otherwise (the plain block: the same
+    layers and parameters, no shortcut).  A residual block with batch norm has the modules and
+    ``state_dict`` of torchvision's ``BasicBlock``, so their weights load into each other.
 
     Args:
         inplanes: input channels; the input is ``(B, inplanes, H, W)``.
         planes: output channels; the output is ``(B, planes, ceil(H/stride), ceil(W/stride))``.
         stride: stride of the first convolution.
-        residual: add the shortcut.
+        residual: add the shortcut (``False``: the plain block).
         shortcut: where the shape changes, ``"A"`` (:class:`~d2l_utils.resnet.ShortcutA`: zero
-            padding, no parameters) or ``"B"`` (1x1 convolution and batch norm); elsewhere the
-            shortcut is the identity.  Unused when ``residual=False``.
-        batch_norm: ``False`` drops the batch norms and gives the convolutions a bias instead.
+            padding, no parameters) or ``"B"`` (1x1 convolution, with batch norm when
+            ``batch_norm``); elsewhere the shortcut is the identity.  Unused when plain.
+        batch_norm: ``False`` builds the block without batch norm: ``bn1`` and ``bn2`` are
+            ``nn.Identity`` (no parameters) and the convolutions get a bias instead.
     """
 
     def __init__(
@@ -47,36 +75,44 @@ class CifarBlock(BasicBlock):
         inplanes: int,
         planes: int,
         stride: int = 1,
+        *,
         residual: bool = True,
         shortcut: str = "A",
         batch_norm: bool = True,
     ) -> None:
+        super().__init__()
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
-        super().__init__(inplanes, planes, stride, bias=not batch_norm)
-        if not batch_norm:
-            self.bn1, self.bn2 = nn.Identity(), nn.Identity()
+        self.conv1 = conv3x3(inplanes, planes, stride, bias=not batch_norm)
+        self.bn1 = nn.BatchNorm2d(planes) if batch_norm else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes, bias=not batch_norm)
+        self.bn2 = nn.BatchNorm2d(planes) if batch_norm else nn.Identity()
         self.residual = residual
+        self.downsample = None
         if residual and (stride != 1 or inplanes != planes):
-            if shortcut == "A":
-                self.downsample = ShortcutA(inplanes, planes, stride)
-            elif batch_norm:
-                self.downsample = nn.Sequential(
-                    conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes)
-                )
-            else:
-                self.downsample = conv1x1(inplanes, planes, stride, bias=True)
+            self.downsample = _shortcut(inplanes, planes, stride, shortcut, batch_norm)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``F(x)``: conv-BN-ReLU-conv-BN, the whole block when it is plain (before its ReLU)."""
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The path that skips the convolutions: the identity unless the shape changes."""
+        return x if self.downsample is None else self.downsample(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch(x)
+        # Both ReLUs may be in place: they act on fresh tensors, never on x itself.
         return self.relu(out + self.shortcut(x) if self.residual else out)
 
 
 class CifarResNet(nn.Module):
-    """The CIFAR network of the paper: ``depth = 6n + 2`` weighted layers.
+    """The CIFAR network of the paper: ``depth = 6n + 2`` weighted layers, residual or plain.
 
     Input ``(B, in_channels, H, W)``, output logits ``(B, num_classes)``; any ``H, W >= 4`` work
     because the head averages over whatever spatial size is left (28x28 becomes 28, 14, 7).
+    The factories :func:`resnet20`, :func:`plain20`, ... call it with the paper's depths.
 
     Args:
         depth: number of weighted layers, ``6n + 2`` (20, 32, 44, 56, 110 in the paper).
@@ -96,6 +132,7 @@ class CifarResNet(nn.Module):
     def __init__(
         self,
         depth: int,
+        *,
         residual: bool = True,
         num_classes: int = 10,
         in_channels: int = 1,
@@ -124,7 +161,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._make_layer(32, n, stride=2)
         self.layer3 = self._make_layer(64, n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64 * CifarBlock.expansion, num_classes)
+        self.fc = nn.Linear(64, num_classes)
 
         he_init_(self)  # as in the paper and torchvision
         if zero_init_residual:
@@ -136,10 +173,8 @@ class CifarResNet(nn.Module):
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = [CifarBlock(self.inplanes, planes, stride, **self._block_kwargs)]
-        self.inplanes = planes * CifarBlock.expansion
-        layers += [
-            CifarBlock(self.inplanes, planes, **self._block_kwargs) for _ in range(1, blocks)
-        ]
+        self.inplanes = planes
+        layers += [CifarBlock(planes, planes, **self._block_kwargs) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,10 +194,79 @@ class CifarResNet(nn.Module):
         ]
 
 
-def cifar_resnet(depth: int, residual: bool = True, **kwargs: Any) -> CifarResNet:
-    """ResNet-``depth`` (``residual=True``) or plain-``depth`` for small images; the other
-    keyword arguments are :class:`CifarResNet`'s."""
-    return CifarResNet(depth, residual, **kwargs)
+def resnet20(**kwargs: Any) -> CifarResNet:
+    """ResNet-20 of the paper (``n = 3``, 0.27 M parameters for CIFAR-10).
+
+    Keyword-only options, as :class:`CifarResNet`'s: ``num_classes=10``, ``in_channels=1``,
+    ``shortcut="A"``, ``batch_norm=True``, ``zero_init_residual=False``.
+    """
+    return CifarResNet(20, **kwargs)
+
+
+def resnet32(**kwargs: Any) -> CifarResNet:
+    """ResNet-32 of the paper (``n = 5``, 0.46 M parameters for CIFAR-10).
+
+    Keyword-only options, as :class:`CifarResNet`'s: ``num_classes=10``, ``in_channels=1``,
+    ``shortcut="A"``, ``batch_norm=True``, ``zero_init_residual=False``.
+    """
+    return CifarResNet(32, **kwargs)
+
+
+def resnet44(**kwargs: Any) -> CifarResNet:
+    """ResNet-44 of the paper (``n = 7``, 0.66 M parameters for CIFAR-10).
+
+    Keyword-only options, as :class:`CifarResNet`'s: ``num_classes=10``, ``in_channels=1``,
+    ``shortcut="A"``, ``batch_norm=True``, ``zero_init_residual=False``.
+    """
+    return CifarResNet(44, **kwargs)
+
+
+def resnet56(**kwargs: Any) -> CifarResNet:
+    """ResNet-56 of the paper (``n = 9``, 0.85 M parameters for CIFAR-10).
+
+    Keyword-only options, as :class:`CifarResNet`'s: ``num_classes=10``, ``in_channels=1``,
+    ``shortcut="A"``, ``batch_norm=True``, ``zero_init_residual=False``.
+    """
+    return CifarResNet(56, **kwargs)
+
+
+def resnet110(**kwargs: Any) -> CifarResNet:
+    """ResNet-110 of the paper (``n = 18``, 1.7 M parameters for CIFAR-10).
+
+    Keyword-only options, as :class:`CifarResNet`'s: ``num_classes=10``, ``in_channels=1``,
+    ``shortcut="A"``, ``batch_norm=True``, ``zero_init_residual=False``.
+    """
+    return CifarResNet(110, **kwargs)
+
+
+def plain20(**kwargs: Any) -> CifarResNet:
+    """Plain-20: :func:`resnet20` without shortcuts (same layers and parameter count as with
+    option A).  Keyword-only options ``num_classes``, ``in_channels``, ``batch_norm``."""
+    return CifarResNet(20, residual=False, **kwargs)
+
+
+def plain32(**kwargs: Any) -> CifarResNet:
+    """Plain-32: :func:`resnet32` without shortcuts (same layers and parameter count as with
+    option A).  Keyword-only options ``num_classes``, ``in_channels``, ``batch_norm``."""
+    return CifarResNet(32, residual=False, **kwargs)
+
+
+def plain44(**kwargs: Any) -> CifarResNet:
+    """Plain-44: :func:`resnet44` without shortcuts (same layers and parameter count as with
+    option A).  Keyword-only options ``num_classes``, ``in_channels``, ``batch_norm``."""
+    return CifarResNet(44, residual=False, **kwargs)
+
+
+def plain56(**kwargs: Any) -> CifarResNet:
+    """Plain-56: :func:`resnet56` without shortcuts (same layers and parameter count as with
+    option A).  Keyword-only options ``num_classes``, ``in_channels``, ``batch_norm``."""
+    return CifarResNet(56, residual=False, **kwargs)
+
+
+def plain110(**kwargs: Any) -> CifarResNet:
+    """Plain-110: :func:`resnet110` without shortcuts (same layers and parameter count as with
+    option A).  Keyword-only options ``num_classes``, ``in_channels``, ``batch_norm``."""
+    return CifarResNet(110, residual=False, **kwargs)
 
 
 def layer_grad_norms(

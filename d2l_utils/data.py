@@ -30,7 +30,6 @@ import contextlib
 import gzip
 import hashlib
 import math
-import numbers
 import os
 import struct
 import tempfile
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from d2l_utils.checks import integer, positive_int, size_pair
 from d2l_utils.profiles import Profile, get_profile
 
 __all__ = [
@@ -446,11 +446,11 @@ class BatchLoader:
         seed: int | None = None,
     ) -> None:
         self.dataset, self.shuffle = dataset, shuffle
-        self.batch_size = _check_batch_size(batch_size)
-        self.resize = _check_resize(resize)
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.resize = size_pair(resize, "resize")
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = _check_seed(seed, "seed")
+        self.seed = integer(seed, "seed")
         self.generator = torch.Generator().manual_seed(seed)
         self._images, self._labels = dataset.images, dataset.labels
 
@@ -472,7 +472,7 @@ class BatchLoader:
 
     def manual_seed(self, seed: int | None = None) -> BatchLoader:
         """Restart the shuffle sequence from ``seed`` (default: the loader's own); returns self."""
-        self.seed = self.seed if seed is None else _check_seed(seed, "seed")
+        self.seed = self.seed if seed is None else integer(seed, "seed")
         self.generator.manual_seed(self.seed)
         return self
 
@@ -506,33 +506,6 @@ class BatchLoader:
         )
 
 
-def _check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-    return int(batch_size)
-
-
-def _check_seed(seed: object, name: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"{name} must be an int, got {seed!r}")
-    return int(seed)
-
-
-def _check_resize(resize: object) -> tuple[int, int] | None:
-    def ok(v: object) -> bool:
-        return isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0
-
-    if resize is None:
-        return None
-    if ok(resize):
-        return (int(resize), int(resize))  # type: ignore[call-overload]
-    if isinstance(resize, Sequence) and len(resize) == 2 and all(ok(v) for v in resize):
-        return (int(resize[0]), int(resize[1]))
-    raise ValueError(f"resize must be a positive int or a pair (height, width), got {resize!r}")
-
-
 def load_data(
     batch_size: int,
     resize: int | tuple[int, int] | None = None,
@@ -557,12 +530,12 @@ def load_data(
         Two :class:`BatchLoader`; batches are ``(X, y)``, ``X`` float ``(B, 1, H, W)`` in [0, 1],
         ``y`` int64 ``(B,)``.
     """
-    batch_size = _check_batch_size(batch_size)
-    size = _check_resize(resize)
+    batch_size = positive_int(batch_size, "batch_size")
+    size = size_pair(resize, "resize")
     if root is not None:
         _resolve_root(root)  # a wrong type is reported even when the profile reads the sample
     if shuffle_seed is not None:
-        shuffle_seed = _check_seed(shuffle_seed, "shuffle_seed")
+        shuffle_seed = integer(shuffle_seed, "shuffle_seed")
     prof = get_profile(profile)
     if prof.use_sample:
         train, test = load_sample(train=True), load_sample(train=False)

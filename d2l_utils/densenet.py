@@ -1,4 +1,16 @@
-"""DenseNet (Huang et al., CVPR 2017) as the d2l book builds it for Fashion-MNIST.
+"""DenseNet (Huang et al., CVPR 2017): the book's, and torchvision's DenseNet-BC family.
+
+Two spellings live here, as in :mod:`d2l_utils.resnet`:
+
+* The book's: :func:`conv_block`, :class:`DenseBlock`, :func:`transition_block` and
+  :func:`densenet`, the small DenseNet the book trains on Fashion-MNIST (``state_dict`` keys are
+  the book's ``nn.Sequential`` indices).
+* torchvision's: :class:`DenseNet` and ``densenet121/161/169/201``, the ImageNet networks of the
+  paper.  They are DenseNet-**BC**, not the book's network with other block counts: every layer
+  has a *bottleneck* (BN-ReLU-1x1 conv to ``bn_size * growth_rate`` channels before the
+  BN-ReLU-3x3 conv) and every transition *compresses* the channels by 0.5.  With
+  ``in_channels=3`` each has the ``state_dict`` keys, shapes and parameter count of
+  ``torchvision.models.densenetNNN()`` and, for the same weights, the same outputs.
 
 稠密连接 dense connection: every conv block in a dense block reads the channel-wise
 *concatenation* of the block's input and the outputs of all blocks before it (ResNet *adds* a
@@ -18,14 +30,28 @@ memory-efficient nets stay identical: same outputs, gradients and ``state_dict``
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from functools import partial
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["DenseBlock", "conv_block", "densenet", "transition_block"]
+__all__ = [
+    "DenseBlock",
+    "DenseLayer",
+    "DenseNet",
+    "conv_block",
+    "densenet",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "transition_block",
+]
 
 
 def conv_block(input_channels: int, num_channels: int) -> nn.Sequential:
@@ -136,33 +162,37 @@ def transition_block(input_channels: int, num_channels: int) -> nn.Sequential:
 
 
 def densenet(
+    *,
+    growth_rate: int = 32,
+    block_config: Sequence[int] = (4, 4, 4, 4),
+    num_init_features: int = 64,
     num_classes: int = 10,
     in_channels: int = 1,
-    growth_rate: int = 32,
-    num_convs_in_dense_blocks: Sequence[int] = (4, 4, 4, 4),
     memory_efficient: bool = False,
 ) -> nn.Sequential:
     """The book's DenseNet: ``(B, in_channels, H, W) -> (B, num_classes)`` logits.
 
-    ResNet's stem (7x7/2 conv with 64 channels, BN, ReLU, 3x3/2 max pool), then dense blocks
-    with a channel-halving transition block between each two, then BN, ReLU, global average
-    pooling and a linear layer.  With the defaults: 64 -> 192 -> 96 -> 224 -> 112 -> 240 ->
-    120 -> 248 channels.
+    ResNet's stem (7x7/2 conv with ``num_init_features`` channels, BN, ReLU, 3x3/2 max pool),
+    then dense blocks of ``block_config[i]`` conv blocks (the book's
+    ``num_convs_in_dense_blocks``) with a channel-halving transition block between each two,
+    then BN, ReLU, global average pooling and a linear layer.  With the defaults: 64 -> 192 ->
+    96 -> 224 -> 112 -> 240 -> 120 -> 248 channels.  The options are keyword-only and named as
+    torchvision's :class:`DenseNet`; unlike it, no bottleneck layers and convolutions with bias.
     """
     layers: list[nn.Module] = [
         nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, num_init_features, kernel_size=7, stride=2, padding=3),
+            nn.BatchNorm2d(num_init_features),
             nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
     ]
-    num_channels = 64
-    for i, num_convs in enumerate(num_convs_in_dense_blocks):
+    num_channels = num_init_features
+    for i, num_convs in enumerate(block_config):
         block = DenseBlock(num_convs, num_channels, growth_rate, memory_efficient)
         layers.append(block)
         num_channels = block.out_channels
-        if i != len(num_convs_in_dense_blocks) - 1:
+        if i != len(block_config) - 1:
             layers.append(transition_block(num_channels, num_channels // 2))
             num_channels //= 2
     layers += [
@@ -173,3 +203,204 @@ def densenet(
         nn.Linear(num_channels, num_classes),
     ]
     return nn.Sequential(*layers)
+
+
+# --- DenseNet-BC, laid out as torchvision's ------------------------------------------------------
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC's layer: BN-ReLU-1x1 conv (the bottleneck), then BN-ReLU-3x3 conv.
+
+    Reads the concatenation of ``features`` (``num_input_features`` channels in all), narrows it
+    to ``bn_size * growth_rate`` channels with the 1x1 convolution, so the 3x3 convolution's cost
+    no longer grows with the block's width, and returns ``(B, growth_rate, H, W)``.
+
+    Args:
+        num_input_features: channels of the concatenated input.
+        growth_rate: channels this layer adds.
+        bn_size: width of the bottleneck, in multiples of ``growth_rate`` (4 in the paper).
+        drop_rate: dropout probability on the output (0: none).
+        memory_efficient: recompute the concatenation and the bottleneck's BN-ReLU in the
+            backward pass instead of storing them, as :class:`DenseBlock` does.
+    """
+
+    def __init__(
+        self,
+        num_input_features: int,
+        growth_rate: int,
+        bn_size: int,
+        drop_rate: float = 0.0,
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__()
+        width = bn_size * growth_rate
+        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(num_input_features, width, kernel_size=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(width)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width, growth_rate, kernel_size=3, padding=1, bias=False)
+        self.drop_rate = float(drop_rate)
+        self.memory_efficient = memory_efficient
+
+    def bottleneck(self, *features: torch.Tensor) -> torch.Tensor:
+        """Concatenate, BN-ReLU, 1x1 conv: ``(B, bn_size * growth_rate, H, W)``."""
+        return self.conv1(self.relu1(self.norm1(torch.cat(features, dim=1))))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.memory_efficient and torch.is_grad_enabled():
+            narrow = checkpoint(
+                self.bottleneck,
+                *features,
+                use_reentrant=False,
+                early_stop=True,
+                context_fn=partial(_recompute_without_buffer_updates, self),
+            )
+        else:
+            narrow = self.bottleneck(*features)
+        out = self.conv2(self.relu2(self.norm2(narrow)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+
+class _DenseBCBlock(nn.ModuleDict):
+    """``num_layers`` dense layers named ``denselayer1``, ..., each fed every map before it:
+    ``(B, C, H, W) -> (B, C + num_layers * growth_rate, H, W)``."""
+
+    def __init__(self, num_layers: int, num_input_features: int, **layer_kwargs: Any) -> None:
+        super().__init__()
+        growth_rate = layer_kwargs["growth_rate"]
+        for i in range(num_layers):
+            layer = DenseLayer(num_input_features + i * growth_rate, **layer_kwargs)
+            self[f"denselayer{i + 1}"] = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, dim=1)
+
+
+def _bc_transition(num_input_features: int, num_output_features: int) -> nn.Sequential:
+    """BN-ReLU-1x1 conv (no bias) to ``num_output_features``, 2x2 average pool."""
+    return nn.Sequential(
+        OrderedDict(
+            norm=nn.BatchNorm2d(num_input_features),
+            relu=nn.ReLU(inplace=True),
+            conv=nn.Conv2d(num_input_features, num_output_features, kernel_size=1, bias=False),
+            pool=nn.AvgPool2d(kernel_size=2, stride=2),
+        )
+    )
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC (Huang et al., 2017) with torchvision's arguments, modules and initialisation.
+
+    ``features`` (stem ``conv0, norm0, relu0, pool0``; ``denseblock1``, ``transition1``, ...;
+    ``norm5``), then ReLU, global average pooling and ``classifier``:
+    ``(B, in_channels, H, W) -> (B, num_classes)``.
+
+    Args:
+        growth_rate: channels each :class:`DenseLayer` adds (32; 48 for DenseNet-161).
+        block_config: layers per dense block, e.g. ``(6, 12, 24, 16)`` for DenseNet-121.
+        num_init_features: channels of the stem's 7x7 convolution.
+        bn_size: bottleneck width in multiples of ``growth_rate``.
+        drop_rate: dropout after every dense layer.
+        num_classes: outputs of ``classifier``.
+        memory_efficient: checkpoint each layer's bottleneck (see :class:`DenseLayer`).
+        in_channels: input channels (keyword-only; torchvision has no such option and uses 3).
+    """
+
+    def __init__(
+        self,
+        growth_rate: int = 32,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        num_init_features: int = 64,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
+        num_classes: int = 1000,
+        memory_efficient: bool = False,
+        *,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        stem = nn.Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False)
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv0=stem,
+                norm0=nn.BatchNorm2d(num_init_features),
+                relu0=nn.ReLU(inplace=True),
+                pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            )
+        )
+        layer_kwargs = {
+            "growth_rate": growth_rate,
+            "bn_size": bn_size,
+            "drop_rate": drop_rate,
+            "memory_efficient": memory_efficient,
+        }
+        channels = num_init_features
+        for i, num_layers in enumerate(block_config, start=1):
+            self.features.add_module(
+                f"denseblock{i}", _DenseBCBlock(num_layers, channels, **layer_kwargs)
+            )
+            channels += num_layers * growth_rate
+            if i < len(block_config):
+                # Compression 0.5: the "C" of DenseNet-BC.
+                self.features.add_module(f"transition{i}", _bc_transition(channels, channels // 2))
+                channels //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.classifier = nn.Linear(channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's choice: He (fan-in) normal convolutions, unit/zero batch norms, zero
+        # linear bias (the linear weight keeps PyTorch's default).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.features(x))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def densenet121(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> DenseNet:
+    """DenseNet-121 (BC): growth 32, blocks ``(6, 12, 24, 16)``, 8.0 M parameters for ImageNet.
+
+    Keyword-only, as torchvision's factory; ``kwargs`` go to :class:`DenseNet` (``bn_size``,
+    ``drop_rate``, ``memory_efficient``).  No ``weights``: every network here starts untrained.
+    """
+    return DenseNet(
+        32, (6, 12, 24, 16), 64, num_classes=num_classes, in_channels=in_channels, **kwargs
+    )
+
+
+def densenet161(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> DenseNet:
+    """DenseNet-161 (BC): growth 48, blocks ``(6, 12, 36, 24)``, 96 stem channels, 28.7 M
+    parameters for ImageNet; options as :func:`densenet121`."""
+    return DenseNet(
+        48, (6, 12, 36, 24), 96, num_classes=num_classes, in_channels=in_channels, **kwargs
+    )
+
+
+def densenet169(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> DenseNet:
+    """DenseNet-169 (BC): growth 32, blocks ``(6, 12, 32, 32)``, 14.1 M parameters for ImageNet;
+    options as :func:`densenet121`."""
+    return DenseNet(
+        32, (6, 12, 32, 32), 64, num_classes=num_classes, in_channels=in_channels, **kwargs
+    )
+
+
+def densenet201(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> DenseNet:
+    """DenseNet-201 (BC): growth 32, blocks ``(6, 12, 48, 32)``, 20.0 M parameters for ImageNet;
+    options as :func:`densenet121`."""
+    return DenseNet(
+        32, (6, 12, 48, 32), 64, num_classes=num_classes, in_channels=in_channels, **kwargs
+    )

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 __all__ = [
+    "amp_dtype",
+    "autocast",
     "cpu",
     "device_of",
+    "grad_scaler",
     "in_layout",
     "num_gpus",
     "prefers_channels_last",
     "try_all_gpus",
     "try_gpu",
 ]
+
+# Compute capability from which CUDA GPUs compute in bf16 natively (Ampere: A100, RTX 30xx).
+BF16_MIN_CAPABILITY = (8, 0)
 
 # Narrower convolutions than this run faster in the default (contiguous) layout.
 CHANNELS_LAST_MIN_WIDTH = 32
@@ -76,3 +84,40 @@ def in_layout(X: torch.Tensor, channels_last: bool) -> torch.Tensor:
     if channels_last and X.dim() == 4:
         return X.contiguous(memory_format=torch.channels_last)
     return X
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The mixed-precision dtype for training on ``device``, or ``None`` for plain fp32.
+
+    * CUDA with compute capability 8.0 or higher (A100, H100, RTX 30xx/40xx): ``bfloat16``,
+      which has fp32's exponent range, so gradients need no scaling;
+    * older CUDA GPUs (T4, V100, P100: capability 6.x-7.x), where bf16 is emulated or missing:
+      ``float16``, to be used with :class:`torch.amp.GradScaler` (see :func:`grad_scaler`);
+    * the CPU and Apple's MPS: ``None``.  On a CPU bf16 autocast is slower than fp32 on most
+      processors; MPS runs fp32.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) >= BF16_MIN_CAPABILITY:
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``device`` in ``dtype``; does nothing when ``dtype`` is ``None``."""
+    device = torch.device(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for fp16 (whose small range lets gradients underflow).
+
+    Disabled, ``scale(loss)`` returns ``loss`` and ``step(opt)`` calls ``opt.step()``, so one
+    training step serves every precision.
+    """
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -18,6 +18,8 @@ convolution (the paper's option B, :func:`conv1x1`) or parameter-free zero paddi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -222,12 +224,18 @@ class ResNet(nn.Module):
     Stem (7x7/2 convolution, BN, ReLU, 3x3/2 max pool), four stages of blocks with 64, 128, 256
     and 512 ``planes`` (stages 2 to 4 halve the size), global average pooling and a linear layer.
 
+    The arguments come in torchvision's order (``ResNet(block, layers, num_classes,
+    zero_init_residual)``), so a call written for torchvision builds the same network here;
+    torchvision's later options (``groups``, ``width_per_group``, dilation, ``norm_layer``) are
+    not implemented and passing them is an error.  ``in_channels``, which torchvision lacks, is
+    keyword-only.
+
     Args:
         block: :class:`BasicBlock` or :class:`Bottleneck`.
         layers: blocks per stage, e.g. ``[2, 2, 2, 2]`` for ResNet-18.
         num_classes: outputs of ``fc``; logits ``(B, num_classes)``.
-        in_channels: input ``(B, in_channels, H, W)``; 1 for Fashion-MNIST.
         zero_init_residual: start the last batch norm's scale (gamma) of every block at 0.
+        in_channels: input ``(B, in_channels, H, W)``; 1 for Fashion-MNIST.
     """
 
     def __init__(
@@ -235,8 +243,9 @@ class ResNet(nn.Module):
         block: type[BasicBlock | Bottleneck],
         layers: list[int],
         num_classes: int = 1000,
-        in_channels: int = 3,
         zero_init_residual: bool = False,
+        *,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.inplanes = 64
@@ -284,29 +293,49 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-18: basic blocks ``[2, 2, 2, 2]``, 11.7 M parameters for ImageNet."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, **kwargs)
+def resnet18(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
+    """ResNet-18: basic blocks ``[2, 2, 2, 2]``, 11.7 M parameters for ImageNet.
+
+    Keyword-only, as torchvision's factory; ``kwargs`` go to :class:`ResNet`
+    (``zero_init_residual``).  No ``weights``: every network here starts untrained.
+    """
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels=in_channels, **kwargs)
 
 
-def resnet34(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-34: basic blocks ``[3, 4, 6, 3]``, 21.8 M parameters for ImageNet."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
+def resnet34(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
+    """ResNet-34: basic blocks ``[3, 4, 6, 3]``, 21.8 M parameters for ImageNet.
+
+    Keyword-only, as torchvision's factory; ``kwargs`` go to :class:`ResNet`
+    (``zero_init_residual``).  No ``weights``: every network here starts untrained.
+    """
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels=in_channels, **kwargs)
 
 
-def resnet50(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-50: bottleneck blocks ``[3, 4, 6, 3]``, 25.6 M parameters for ImageNet."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
+def resnet50(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
+    """ResNet-50: bottleneck blocks ``[3, 4, 6, 3]``, 25.6 M parameters for ImageNet.
+
+    Keyword-only, as torchvision's factory; ``kwargs`` go to :class:`ResNet`
+    (``zero_init_residual``).  No ``weights``: every network here starts untrained.
+    """
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels=in_channels, **kwargs)
 
 
-def resnet101(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-101: bottleneck blocks ``[3, 4, 23, 3]``, 44.5 M parameters for ImageNet."""
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, **kwargs)
+def resnet101(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
+    """ResNet-101: bottleneck blocks ``[3, 4, 23, 3]``, 44.5 M parameters for ImageNet.
+
+    Keyword-only, as torchvision's factory; ``kwargs`` go to :class:`ResNet`
+    (``zero_init_residual``).  No ``weights``: every network here starts untrained.
+    """
+    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels=in_channels, **kwargs)
 
 
-def resnet152(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ResNet:
-    """ResNet-152: bottleneck blocks ``[3, 8, 36, 3]``, 60.2 M parameters for ImageNet."""
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, **kwargs)
+def resnet152(*, num_classes: int = 1000, in_channels: int = 3, **kwargs: Any) -> ResNet:
+    """ResNet-152: bottleneck blocks ``[3, 8, 36, 3]``, 60.2 M parameters for ImageNet.
+
+    Keyword-only, as torchvision's factory; ``kwargs`` go to :class:`ResNet`
+    (``zero_init_residual``).  No ``weights``: every network here starts untrained.
+    """
+    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels=in_channels, **kwargs)
 
 
 def resnet_block(
@@ -326,7 +355,7 @@ def resnet_block(
     return nn.Sequential(*blocks)
 
 
-def d2l_resnet18(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+def d2l_resnet18(*, num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
     """The book's ResNet-18 for Fashion-MNIST, as ``nn.Sequential(b1, ..., b5, pool, flatten, fc)``.
 
     Input ``(B, in_channels, H, W)`` (the book uses 96x96), output logits ``(B, num_classes)``.

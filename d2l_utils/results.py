@@ -20,7 +20,17 @@ def record_result(model: str, net: nn.Module, history: History, **extra: Any) ->
 
     ``make run`` sets ``D2L_RESULTS`` (and ``D2L_NOTEBOOK``) while it executes the notebooks and
     turns the rows into ``build/results.md``.
+
+    Raises:
+        ValueError: for the history of an interrupted run (``history.interrupted``), which is not
+            a result: the row would report epochs that were never trained.
     """
+    if history.interrupted:
+        raise ValueError(
+            f"the run of {model!r} was interrupted after {history.num_epochs} of its epochs; an "
+            "interrupted run is not recorded as a result (train it to the end, e.g. resume it "
+            "with checkpoint=)"
+        )
     row: dict[str, Any] = {
         "notebook": os.environ.get("D2L_NOTEBOOK", ""),
         "model": model,
@@ -34,7 +44,6 @@ def record_result(model: str, net: nn.Module, history: History, **extra: Any) ->
         "time_s": round(history.total_time, 1),
         "device": history.device,
         "profile": history.profile,
-        "interrupted": bool(getattr(history, "interrupted", False)),
         **extra,
     }
     path = os.environ.get("D2L_RESULTS")

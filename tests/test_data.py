@@ -3,6 +3,9 @@
 Fixtures are written here from the bundled sample (IDX files with a header built from the format's
 description, not by the package), and the full copy at ``D2L_DATA_DIR`` (set by conftest.py) is
 read with an independent parser, so every comparison is against data the package did not produce.
+Bad input is here too: every argument of ``load_data`` that can be wrong, and every way a data
+file or a download can be damaged.  The tests run offline (tests/conftest.py): downloads are
+served from this machine, and the tests that need the full copy skip without it.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import math
 import os
+import re
 import socket
+import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,9 @@ import d2l_utils as d2l
 import d2l_utils.data
 from d2l_utils.data import (
     FILES,
+    DataAccessError,
     DataFileError,
+    DataRootError,
     DatasetNotFoundError,
     default_root,
     find_files,
@@ -53,6 +62,15 @@ def idx_bytes(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, array.ndim])
     header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.tobytes()
+
+
+IMAGES, LABELS = 0x803, 0x801  # IDX magic numbers: unsigned bytes, 3 and 1 dimensions
+
+
+def _idx(magic: int, dims: tuple[int, ...], payload: bytes = b"") -> bytes:
+    """An IDX header with any magic number and dimensions, then ``payload`` (which may not
+    match them: for damaged files)."""
+    return struct.pack(f">{1 + len(dims)}I", magic, *dims) + payload
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:
@@ -79,29 +97,6 @@ def link_files(folder: Path, sources: dict[str, Path]) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Offline, as on a machine without a network: name lookups and connections fail, except
-    to this machine (where :func:`mirror` serves files).  Guarding the socket layer, not one
-    download function, keeps the tests honest whatever client the package uses."""
-    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def local_only_connect(sock, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1"):
-            raise OSError(f"network disabled in tests (connect to {address[0]})")
-        return connect(sock, address)
-
-    def local_only_getaddrinfo(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            raise socket.gaierror(socket.EAI_NONAME, f"network disabled in tests ({host})")
-        return getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", local_only_connect)
-    monkeypatch.setattr(socket, "getaddrinfo", local_only_getaddrinfo)
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # keep pytest's output clean
         pass
@@ -123,18 +118,8 @@ def mirror(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def full_dir() -> Path:
-    """The full dataset's four gzipped files, where conftest.py points D2L_DATA_DIR."""
-    path = Path(os.environ.get("D2L_DATA_DIR", ""))
-    assert all((path / f"{s}.gz").is_file() for s in STEMS), (
-        f"the full Fashion-MNIST copy is expected at D2L_DATA_DIR={path}"
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def full_arrays(full_dir) -> dict[str, np.ndarray]:
-    return {s: parse_idx_gz(full_dir / f"{s}.gz") for s in STEMS}
+def full_arrays(fashion_mnist_full) -> dict[str, np.ndarray]:
+    return {s: parse_idx_gz(fashion_mnist_full / f"{s}.gz") for s in STEMS}
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +208,9 @@ def test_training_batches_are_a_new_permutation_each_epoch_and_seedable(sample):
     assert torch.equal(orders[0], orders[1])
 
 
-@pytest.mark.parametrize("resize, shape", [(20, (20, 20)), ((24, 12), (24, 12)), (28, (28, 28))])
+@pytest.mark.parametrize(
+    "resize, shape", [(20, (20, 20)), ((24, 12), (24, 12)), ([16, 24], (16, 24)), (28, (28, 28))]
+)
 def test_resize_matches_torchvision_resize_on_pil(sample, resize, shape):
     _, test_iter = d2l.load_data_fashion_mnist(64, resize=resize, profile="smoke")
     X, _ = next(iter(test_iter))
@@ -235,16 +222,24 @@ def test_resize_matches_torchvision_resize_on_pil(sample, resize, shape):
     assert_close(X, reference, rtol=0, atol=1 / 255 + 1e-6)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "256", None])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, 256.0, True, "256", None])
 def test_invalid_batch_size_is_a_value_error(bad):
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
         d2l.load_data_fashion_mnist(bad, profile="smoke")
 
 
-@pytest.mark.parametrize("bad", [0, -5, 2.0, (32,), (32, 0), "32", True])
+@pytest.mark.parametrize(
+    "bad", [0, -5, 2.0, 2.5, "32", (32,), (32, 0), [32, 32, 3], (32.0, 32), True]
+)
 def test_invalid_resize_is_a_value_error(bad):
-    with pytest.raises(ValueError, match="resize"):
+    with pytest.raises(ValueError, match="resize must be a positive int or a pair"):
         d2l.load_data_fashion_mnist(8, resize=bad, profile="smoke")
+
+
+@pytest.mark.parametrize("seed", ["1", 1.5, True])
+def test_invalid_shuffle_seed_is_a_value_error(seed):
+    with pytest.raises(ValueError, match="shuffle_seed must be an int"):
+        d2l.load_data_fashion_mnist(8, profile="smoke", shuffle_seed=seed)
 
 
 def test_text_labels_match_torchvision_classes():
@@ -267,7 +262,7 @@ def test_sample_is_stratified(sample):
         assert ds.indices.min() >= 0 and ds.indices.max() < n_full
 
 
-def test_sample_and_full_files_give_identical_images(sample, full_dir, full_arrays):
+def test_sample_and_full_files_give_identical_images(sample, fashion_mnist_full, full_arrays):
     for ds, prefix in ((sample[0], "train"), (sample[1], "t10k")):
         idx = ds.indices.numpy()
         images = full_arrays[f"{prefix}-images-idx3-ubyte"]
@@ -275,22 +270,26 @@ def test_sample_and_full_files_give_identical_images(sample, full_dir, full_arra
         assert np.array_equal(ds.images.numpy(), images[idx])
         assert np.array_equal(ds.labels.numpy(), labels[idx].astype(np.int64))
     # And through the loader reading the full files (profile full).
-    train_iter, test_iter = d2l.load_data_fashion_mnist(256, root=full_dir, profile="full")
+    train_iter, test_iter = d2l.load_data_fashion_mnist(
+        256, root=fashion_mnist_full, profile="full"
+    )
     for it, ds in ((train_iter, sample[0]), (test_iter, sample[1])):
         assert torch.equal(it.dataset.images[ds.indices], ds.images)
         assert torch.equal(it.dataset.labels[ds.indices], ds.labels)
 
 
-def test_published_md5_sums_match_the_label_files(full_dir):
+def test_published_md5_sums_match_the_label_files(fashion_mnist_full):
     # The shared copy's label archives are the published bytes (its image archives were
     # re-compressed, so only the labels can be checked against the published MD5 sums here).
     for stem in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
-        digest = hashlib.md5((full_dir / f"{stem}.gz").read_bytes()).hexdigest()
+        digest = hashlib.md5((fashion_mnist_full / f"{stem}.gz").read_bytes()).hexdigest()
         assert FILES[stem].md5 == digest, stem
 
 
-def test_full_files_read_like_an_independent_parser(full_dir, full_arrays):
-    train_iter, test_iter = d2l.load_data_fashion_mnist(1000, root=full_dir, profile="full")
+def test_full_files_read_like_an_independent_parser(fashion_mnist_full, full_arrays):
+    train_iter, test_iter = d2l.load_data_fashion_mnist(
+        1000, root=fashion_mnist_full, profile="full"
+    )
     assert len(train_iter.dataset) == 60_000 and len(test_iter.dataset) == 10_000
     for it, prefix in ((train_iter, "train"), (test_iter, "t10k")):
         assert np.array_equal(it.dataset.images.numpy(), full_arrays[f"{prefix}-images-idx3-ubyte"])
@@ -375,6 +374,28 @@ def test_read_idx_checks_the_count(tmp_path, sample):
         read_idx(path, "labels", 10_000)
 
 
+def test_idx_files_are_read_whatever_their_compression_and_name(tmp_path):
+    raw = _idx(LABELS, (4,), bytes([3, 1, 4, 1]))
+    for name, content in [("a.gz", raw), ("b", gzip.compress(raw)), ("c.gz", gzip.compress(raw))]:
+        (tmp_path / name).write_bytes(content)
+        assert read_idx(tmp_path / name, "labels").tolist() == [3, 1, 4, 1]
+
+
+def test_unreadable_data_file_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(_idx(LABELS, (1,), b"\x00"))
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataAccessError, match=re.escape(f"{path} cannot be read (permission")):
+        read_idx(path, "labels")
+
+
 # --- where the files are found -------------------------------------------------------------------
 
 
@@ -407,8 +428,8 @@ def test_uncompressed_files_in_each_layout(tmp_path, tiled, sample, layout):
 
 
 @pytest.mark.parametrize("layout", ["", "FashionMNIST/raw"])
-def test_gzipped_files_in_each_layout(tmp_path, full_dir, full_arrays, layout):
-    link_files(tmp_path / layout, {s: full_dir / f"{s}.gz" for s in STEMS})
+def test_gzipped_files_in_each_layout(tmp_path, fashion_mnist_full, full_arrays, layout):
+    link_files(tmp_path / layout, {s: fashion_mnist_full / f"{s}.gz" for s in STEMS})
     assert find_files(tmp_path) == {s: tmp_path / layout / f"{s}.gz" for s in STEMS}
     train_iter, test_iter = d2l.load_data_fashion_mnist(1000, root=tmp_path, profile="full")
     assert np.array_equal(train_iter.dataset.images.numpy(), full_arrays["train-images-idx3-ubyte"])
@@ -451,11 +472,30 @@ def test_default_root_follows_xdg_cache_home_then_home(tmp_path, monkeypatch):
     assert default_root() == tmp_path / "home" / ".cache" / "d2l_utils" / "fashion-mnist"
 
 
-def test_root_that_is_a_file_is_reported(tmp_path):
-    path = tmp_path / "not-a-folder"
-    path.write_text("x")
-    with pytest.raises(NotADirectoryError, match="not-a-folder"):
-        d2l.load_data_fashion_mnist(8, root=path, profile="full")
+def test_root_that_is_a_file_is_named(tmp_path, monkeypatch):
+    file = tmp_path / "fashion.zip"
+    file.write_bytes(b"PK")
+    match = re.escape(f"root= points to {file}, which is a file")
+    with pytest.raises(DataRootError, match=match) as info:
+        d2l.load_data_fashion_mnist(8, root=file, profile="full")
+    assert isinstance(info.value, NotADirectoryError | FileNotFoundError)
+    monkeypatch.setenv("D2L_DATA_DIR", str(file))
+    with pytest.raises(DataRootError, match=r"D2L_DATA_DIR points to .*, which is a file"):
+        d2l.load_data_fashion_mnist(8, profile="full")
+
+
+@pytest.mark.parametrize("root", [123, "", b"/data"])
+def test_root_that_is_not_a_path_is_named(root):
+    with pytest.raises(ValueError, match="root must be a folder path"):
+        d2l.load_data_fashion_mnist(8, root=root, profile="full")
+
+
+def test_unreadable_root_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(d2l_utils.data.os, "access", lambda path, mode: False)  # tests may be root
+    match = re.escape(f"{tmp_path}, which cannot be read")
+    with pytest.raises(DataAccessError, match=match) as info:
+        d2l.load_data_fashion_mnist(8, root=tmp_path, profile="full", download=False)
+    assert isinstance(info.value, PermissionError | FileNotFoundError)
 
 
 # --- offline, downloads --------------------------------------------------------------------------
@@ -475,8 +515,8 @@ def test_offline_without_data_names_folders_files_and_the_fix(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []  # nothing half-downloaded left behind
 
 
-def test_offline_error_lists_only_the_missing_files(tmp_path, full_dir):
-    link_files(tmp_path, {s: full_dir / f"{s}.gz" for s in STEMS if "labels" in s})
+def test_offline_error_lists_only_the_missing_files(tmp_path, fashion_mnist_full):
+    link_files(tmp_path, {s: fashion_mnist_full / f"{s}.gz" for s in STEMS if "labels" in s})
     with pytest.raises(DatasetNotFoundError) as info:
         d2l.load_data_fashion_mnist(256, root=tmp_path, profile="full")
     message = str(info.value)
@@ -484,48 +524,108 @@ def test_offline_error_lists_only_the_missing_files(tmp_path, full_dir):
     assert "labels-idx1-ubyte" not in message
 
 
-def test_download_false_never_connects(tmp_path, monkeypatch):
+def test_download_false_never_connects_and_names_the_files_and_the_fix(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a download was attempted")
 
     monkeypatch.setattr(socket.socket, "connect", fail)
     monkeypatch.setattr(socket, "getaddrinfo", fail)
-    with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte.gz"):
+    (tmp_path / "data_batch_1").write_bytes(b"CIFAR")  # the wrong dataset
+    with pytest.raises(DatasetNotFoundError) as info:
         d2l.load_data_fashion_mnist(256, root=tmp_path, profile="full", download=False)
+    message = str(info.value)
+    for stem in STEMS:
+        assert f"{stem}.gz" in message
+    assert str(tmp_path) in message and "D2L_DATA_DIR" in message
 
 
 def test_missing_files_are_downloaded_and_checked(
-    tmp_path, full_dir, full_arrays, mirror, monkeypatch
+    tmp_path, fashion_mnist_full, full_arrays, mirror, monkeypatch
 ):
     # The shared copy's label archives are the published bytes, so a mirror can serve them;
     # the first mirror serves damaged bytes, which must be refused on their checksum.
     url, served = mirror
     for stem in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
         (served / "good").mkdir(exist_ok=True)
-        (served / "good" / f"{stem}.gz").symlink_to(full_dir / f"{stem}.gz")
+        (served / "good" / f"{stem}.gz").symlink_to(fashion_mnist_full / f"{stem}.gz")
         (served / "bad").mkdir(exist_ok=True)
-        (served / "bad" / f"{stem}.gz").write_bytes((full_dir / f"{stem}.gz").read_bytes()[:-1])
+        (served / "bad" / f"{stem}.gz").write_bytes(
+            (fashion_mnist_full / f"{stem}.gz").read_bytes()[:-1]
+        )
     monkeypatch.setattr(d2l_utils.data, "MIRRORS", (url + "bad/", url + "good/"))
     root = tmp_path / "root"
-    link_files(root, {s: full_dir / f"{s}.gz" for s in STEMS if "images" in s})
+    link_files(root, {s: fashion_mnist_full / f"{s}.gz" for s in STEMS if "images" in s})
     train_iter, test_iter = d2l.load_data_fashion_mnist(256, root=root, profile="full")
     assert sorted(p.name for p in root.iterdir()) == sorted(f"{s}.gz" for s in STEMS)
     for stem in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
-        assert (root / f"{stem}.gz").read_bytes() == (full_dir / f"{stem}.gz").read_bytes()
+        assert (root / f"{stem}.gz").read_bytes() == (
+            fashion_mnist_full / f"{stem}.gz"
+        ).read_bytes()
     labels = full_arrays["t10k-labels-idx1-ubyte"].astype(np.int64)
     assert np.array_equal(test_iter.dataset.labels.numpy(), labels)
 
 
-def test_download_with_a_wrong_checksum_is_not_kept(tmp_path, full_dir, mirror, monkeypatch):
+def test_download_with_a_wrong_checksum_is_not_kept(tmp_path, mirror, monkeypatch, capsys):
     url, served = mirror
-    for stem in STEMS:
-        (served / f"{stem}.gz").write_bytes(b"\x1f\x8b not the published file")
-    monkeypatch.setattr(d2l_utils.data, "MIRRORS", (url,))
+    for folder in (served, served / "again"):
+        folder.mkdir(exist_ok=True)
+        for stem in STEMS:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(b"<html>moved</html>"))
+    monkeypatch.setattr(d2l_utils.data, "MIRRORS", (url, url + "again/"))
     root = tmp_path / "root"
-    with pytest.raises(DatasetNotFoundError, match="MD5") as info:
+    with pytest.raises(DatasetNotFoundError, match=r"MD5 [0-9a-f]{32}, not the published") as info:
         d2l.load_data_fashion_mnist(256, root=root, profile="full")
+    assert FILES["train-images-idx3-ubyte"].md5 in str(info.value)
     assert "D2L_DATA_DIR" in str(info.value)
-    assert list(root.iterdir()) == []
+    tried = [line for line in capsys.readouterr().out.splitlines() if "downloading" in line]
+    assert len(tried) == 2  # both mirrors were tried for the first file, then it gave up
+    assert list(root.iterdir()) == []  # no bad file, no partial file
+
+
+class _Response(io.BytesIO):
+    """What urlopen returns, serving ``payload`` (optionally failing after ``fail_after``
+    bytes, as a dropped connection does)."""
+
+    def __init__(self, payload: bytes, fail_after: int | None = None) -> None:
+        super().__init__(payload)
+        self.fail_after = fail_after
+
+    def read(self, size: int = -1) -> bytes:
+        if self.fail_after is not None and self.tell() >= self.fail_after:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return super().read(min(size, self.fail_after or size) if size > 0 else size)
+
+
+def _serve(monkeypatch, make_response: Callable[[], _Response]) -> list[str]:
+    """Replace the package's urlopen; returns the list of URLs it is asked for."""
+    urls: list[str] = []
+
+    def urlopen(request, timeout=None):
+        urls.append(request.full_url)
+        return make_response()
+
+    monkeypatch.setattr(d2l_utils.data, "urlopen", urlopen)
+    return urls
+
+
+def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
+    _serve(monkeypatch, lambda: _Response(os.urandom(3 << 20), fail_after=1 << 20))
+    with pytest.raises(DatasetNotFoundError, match="ConnectionResetError"):
+        d2l.load_data_fashion_mnist(8, root=tmp_path, profile="full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_with_the_right_checksum_is_kept(tmp_path, monkeypatch):
+    payload = gzip.compress(_idx(LABELS, (3,), bytes([0, 1, 2])))
+    stem = "t10k-labels-idx1-ubyte"
+    spec = FILES[stem]
+    md5 = hashlib.md5(payload).hexdigest()
+    monkeypatch.setitem(FILES, stem, type(spec)(spec.kind, 3, md5))
+    urls = _serve(monkeypatch, lambda: _Response(payload))
+    assert d2l_utils.data._download(tmp_path, [stem]) == []
+    assert urls == [d2l_utils.data.MIRRORS[0] + stem + ".gz"]
+    assert (tmp_path / f"{stem}.gz").read_bytes() == payload
+    assert [p.name for p in tmp_path.iterdir()] == [f"{stem}.gz"]
 
 
 # --- broken files through the loader -------------------------------------------------------------
@@ -556,3 +656,38 @@ def test_loader_reports_a_broken_file_by_name(tmp_path, tiled, name, make, says)
     with pytest.raises(DataFileError, match=says) as info:
         d2l.load_data_fashion_mnist(256, root=tmp_path, profile="full")
     assert name in str(info.value) and "D2L_DATA_DIR" in str(info.value)
+
+
+def _gz_images(dims: tuple[int, ...], n_bytes: int = 0) -> bytes:
+    return gzip.compress(_idx(IMAGES, dims, bytes(n_bytes)))
+
+
+TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+DAMAGED_TRAIN_IMAGES = {
+    "swapped": (gzip.compress(_idx(LABELS, (60_000,), bytes(60_000))), "holds labels, expected"),
+    "truncated": (
+        _gz_images((60_000, 28, 28), 5000),
+        "is truncated: 5,016 bytes, expected 47,040,016",
+    ),
+    "truncated-gzip": (_gz_images((60_000, 28, 28), 5000)[:-20], "truncated or corrupt gzip data"),
+    "wrong-size": (_gz_images((60_000, 32, 32)), "holds 32x32 images, expected 28x28"),
+    "wrong-count": (_gz_images((1000, 28, 28), 784_000), "holds 1,000 images, expected 60,000"),
+    "html": (gzip.compress(b"<!DOCTYPE html><html>Rate limit</html>"), r"holds text \(an HTML"),
+    "png": (b"\x89PNG\r\n\x1a\n" + bytes(64), "has magic number 0x89504e47"),
+    "empty": (b"", r"is truncated \(0 bytes, no IDX header\)"),
+    "corrupt-gzip": (b"\x1f\x8b\x08\x00" + bytes(range(96)), "is truncated or corrupt gzip data"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_TRAIN_IMAGES))
+def test_damaged_image_file_is_named_with_the_fix(tmp_path, damage):
+    content, message = DAMAGED_TRAIN_IMAGES[damage]
+    for stem in FILES:  # the other three are never read: the first file read is bad
+        (tmp_path / f"{stem}.gz").write_bytes(b"unused")
+    (tmp_path / TRAIN_IMAGES).write_bytes(content)
+    with pytest.raises(DataFileError, match=message) as info:
+        d2l.load_data_fashion_mnist(8, root=tmp_path, profile="full", download=False)
+    text = str(info.value)
+    assert str(tmp_path / TRAIN_IMAGES) in text
+    assert "delete it and run again to re-download it" in text and "D2L_DATA_DIR" in text
+    assert isinstance(info.value, ValueError)

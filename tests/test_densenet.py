@@ -10,10 +10,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from d2l_utils import densenet as densenet_module
-from d2l_utils.densenet import DenseBlock, conv_block, densenet, transition_block
+from d2l_utils.densenet import DenseBlock, DenseNet, conv_block, densenet, transition_block
 
 
 def _bn_relu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -122,7 +123,12 @@ def _expected_params(
     [(32, (4, 4, 4, 4), 1, 10), (12, (2, 3, 4), 3, 7)],
 )
 def test_densenet_shapes_and_parameter_count(growth_rate, num_convs, in_channels, num_classes):
-    net = densenet(num_classes, in_channels, growth_rate, num_convs)
+    net = densenet(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        growth_rate=growth_rate,
+        block_config=num_convs,
+    )
     x = torch.randn(2, in_channels, 32, 32)
     channels = []
     for layer in net:
@@ -178,7 +184,7 @@ def _assert_same_state(plain: nn.Module, efficient: nn.Module) -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_memory_efficient_matches_plain_in_training(channels_last):
-    plain, efficient = _twins(growth_rate=16, num_convs_in_dense_blocks=(3, 3))
+    plain, efficient = _twins(growth_rate=16, block_config=(3, 3))
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(8, 1, 32, 32, generator=gen)
     y = torch.randint(10, (8,), generator=gen)
@@ -201,7 +207,7 @@ def test_memory_efficient_matches_plain_in_training(channels_last):
 
 
 def test_memory_efficient_matches_plain_in_eval_mode_with_grad():
-    plain, efficient = _twins(growth_rate=8, num_convs_in_dense_blocks=(2, 2))
+    plain, efficient = _twins(growth_rate=8, block_config=(2, 2))
     plain.eval()
     efficient.eval()
     x = torch.rand(4, 1, 32, 32)
@@ -232,7 +238,7 @@ def _count_calls(net: nn.Module) -> dict[str, int]:
 
 
 def test_memory_efficient_recomputes_bn_and_relu_but_not_the_conv():
-    plain, efficient = _twins(growth_rate=8, num_convs_in_dense_blocks=(2, 3))
+    plain, efficient = _twins(growth_rate=8, block_config=(2, 3))
     x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
     calls_p, calls_e = _count_calls(plain), _count_calls(efficient)
     out_p = plain(x)
@@ -257,7 +263,7 @@ def test_without_the_guard_recomputation_updates_running_stats_twice(monkeypatch
         "_recompute_without_buffer_updates",
         lambda module: (contextlib.nullcontext(), contextlib.nullcontext()),
     )
-    plain, efficient = _twins(growth_rate=8, num_convs_in_dense_blocks=(2, 2))
+    plain, efficient = _twins(growth_rate=8, block_config=(2, 2))
     x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
     _train_step(plain, x, y)
     _train_step(efficient, x, y)
@@ -274,3 +280,98 @@ def test_memory_efficient_net_has_the_plain_layout_and_survives_deepcopy():
     assert isinstance(twin, nn.Sequential)
     assert all(m.memory_efficient for m in twin.modules() if isinstance(m, DenseBlock))
     assert list(net.state_dict()) == list(densenet().state_dict())
+
+
+def test_densenet_options_are_keyword_only_and_named_as_torchvision():
+    with pytest.raises(TypeError):
+        densenet(32)  # once meant 32 classes; now every option is named
+    net = densenet(num_classes=32, num_init_features=16, block_config=(2, 2), growth_rate=8)
+    assert net[0][0].out_channels == 16 and net[-1].out_features == 32
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 32)
+
+
+# --- DenseNet-BC against torchvision ----------------------------------------------------------
+
+
+def _shapes(net: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+
+
+@pytest.mark.parametrize("depth", [121, 161, 169, 201])
+def test_densenet_bc_family_has_torchvisions_state_dict(depth):
+    with torch.device("meta"):
+        ours = getattr(densenet_module, f"densenet{depth}")()
+        ref = getattr(torchvision.models, f"densenet{depth}")(weights=None)
+    assert _shapes(ours) == _shapes(ref)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in ref.parameters())
+    # The paper's sizes, to the digit torchvision's documentation prints: 8.0, 28.7, 14.1, 20.0 M.
+    assert round(count / 1e6, 1) == {121: 8.0, 161: 28.7, 169: 14.1, 201: 20.0}[depth]
+
+
+def _randomize_running_stats(net: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+
+
+@pytest.mark.parametrize("depth", [121])  # the others share every module type; 121 is quickest
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_densenet_bc_computes_torchvisions_outputs(depth, train):
+    torch.manual_seed(depth)
+    ref = getattr(torchvision.models, f"densenet{depth}")(weights=None)
+    _randomize_bn(ref, depth)
+    _randomize_running_stats(ref, depth)
+    with torch.device("meta"):
+        ours = getattr(densenet_module, f"densenet{depth}")()
+    ours = ours.to_empty(device="cpu")
+    ours.load_state_dict(ref.state_dict())
+    ref.train(train)
+    ours.train(train)
+    x = torch.randn(1, 3, 64, 64)  # 2x2 maps in the last block: its 3x3 convs use every tap
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+    # In training mode both folded the batch into the same running statistics.
+    torch.testing.assert_close(ours.state_dict(), ref.state_dict())
+
+
+def test_densenet_bc_initialisation_and_dropout_follow_torchvision():
+    kwargs = {"growth_rate": 8, "block_config": (2, 3), "num_init_features": 16, "num_classes": 5}
+    torch.manual_seed(0)
+    ours = DenseNet(**kwargs, drop_rate=0.5)
+    torch.manual_seed(0)
+    ref = torchvision.models.DenseNet(**kwargs, drop_rate=0.5)
+    # Same modules in the same order and the same init calls: the same random weights.
+    torch.testing.assert_close(ours.state_dict(), ref.state_dict(), rtol=0, atol=0)
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(1)
+    out = ours(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(out, ref(x))  # the same dropout masks, drawn in the same order
+    assert not torch.equal(out, ours(x))  # and dropout does act in training mode
+
+
+def test_densenet_bc_in_channels_and_num_classes():
+    net = densenet_module.densenet121(num_classes=10, in_channels=1)
+    assert net.features.conv0.in_channels == 1 and net.classifier.out_features == 10
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(TypeError):
+        densenet_module.densenet121(10)
+
+
+def test_memory_efficient_densenet_bc_matches_plain_in_training():
+    kwargs = {"growth_rate": 8, "block_config": (2, 3), "num_init_features": 16, "num_classes": 5}
+    torch.manual_seed(0)
+    plain = DenseNet(**kwargs)
+    _randomize_bn(plain)
+    efficient = DenseNet(**kwargs, memory_efficient=True)
+    efficient.load_state_dict(plain.state_dict())
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    out_p, grad_p = _train_step(plain, x, y)
+    out_e, grad_e = _train_step(efficient, x, y)
+    torch.testing.assert_close(out_e, out_p)
+    torch.testing.assert_close(grad_e, grad_p)
+    _assert_same_state(plain, efficient)

@@ -4,13 +4,16 @@
   (the book's transform), on real images;
 * :class:`d2l_utils.data.BatchLoader` against the book's ``DataLoader``: ``len``, ``batch_size``,
   ``dataset``, every image exactly once per epoch, seeded shuffling;
-* :func:`d2l_utils.train_ch6`, which keeps its metrics on the device, against the book's loop,
-  which reads them back after every batch (:func:`d2l_utils.bench.book_train_ch6`).
+* :func:`d2l_utils.train_ch6` and :func:`d2l_utils.evaluate_accuracy_gpu`, which keep their
+  metrics on the device, against the book's loop, which reads them back after every batch
+  (:mod:`d2l_utils.reference`, the same loop the benchmark times as the textbook path).
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+import inspect
 import math
 
 import pytest
@@ -20,10 +23,12 @@ from torch import nn
 from torch.testing import assert_close
 from torchvision import transforms
 
+import d2l_utils.plot
+import d2l_utils.reference
 import d2l_utils.train
-from d2l_utils.bench import book_evaluate, book_train_ch6
+from d2l_utils import evaluate_accuracy_gpu, init_weights, train_ch6
 from d2l_utils.data import BatchLoader, FashionMNIST, load_sample, resize_batch
-from d2l_utils.train import evaluate_accuracy_gpu, init_weights, train_ch6
+from d2l_utils.reference import book_evaluate, book_train_ch6, book_transform
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +38,18 @@ def sample() -> tuple[FashionMNIST, FashionMNIST]:
 
 def _book_transform(images: torch.Tensor, resize: int | tuple[int, int] | None) -> torch.Tensor:
     """The book's per-image pipeline: PIL image, ``Resize`` if asked, ``ToTensor``; stacked."""
-    steps = [transforms.ToTensor()]
-    if resize is not None:
-        steps.insert(0, transforms.Resize(resize))
-    trans = transforms.Compose(steps)
+    trans = book_transform(resize)
     return torch.stack([trans(Image.fromarray(a, mode="L")) for a in images.numpy()])
 
 
 # --- resize_batch vs Resize + ToTensor ------------------------------------------------------------
+
+
+def test_the_reference_transform_is_torchvisions_resize_then_to_tensor():
+    steps = book_transform(96).transforms
+    assert [type(t) for t in steps] == [transforms.Resize, transforms.ToTensor]
+    assert steps[0].size == 96 and steps[0].interpolation == transforms.InterpolationMode.BILINEAR
+    assert [type(t) for t in book_transform(None).transforms] == [transforms.ToTensor]
 
 
 @pytest.mark.parametrize("resize", [None, 28, (28, 28)])
@@ -198,8 +207,10 @@ def _twins(seed: int = 0) -> tuple[nn.Module, nn.Module]:
 def test_metrics_and_plot_points_equal_the_per_batch_synchronising_loop(sample, monkeypatch):
     train, test = sample[0].subset(torch.arange(0, 2000, 2)), sample[1]
     # Pretend to be in Jupyter so that train_ch6 also produces its five plot points per epoch.
-    monkeypatch.setattr(d2l_utils.train, "in_notebook", lambda: True)
-    monkeypatch.setattr(d2l_utils.train, "Animator", _Recorder)
+    # Patched in both modules: the epoch log looks these names up in whichever of them holds it.
+    for module in (d2l_utils.train, d2l_utils.plot):
+        monkeypatch.setattr(module, "in_notebook", lambda: True, raising=False)
+        monkeypatch.setattr(module, "Animator", _Recorder, raising=False)
     _Recorder.points = []
     ours, book = _twins()
     epochs, lr = 2, 0.3
@@ -263,3 +274,11 @@ def test_channels_last_computes_the_same_step(sample):
     assert_close(outputs[0][0], outputs[1][0])
     for g_ours, g_book in zip(outputs[0][1], outputs[1][1], strict=True):
         assert_close(g_ours, g_book)
+
+
+def test_the_reference_loop_shares_no_code_with_the_loop_it_checks():
+    """An oracle importing train_ch6's helpers (init, accuracy, Accumulator) could share a bug."""
+    tree = ast.parse(inspect.getsource(d2l_utils.reference))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(name.startswith("d2l_utils") for name in imported), imported

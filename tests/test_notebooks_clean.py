@@ -24,6 +24,9 @@ from d2l_utils.data import FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# The user's real home folder, read when this module is imported: while the tests run, HOME
+# points to a temporary folder (tests/conftest.py).
+REAL_HOME = str(Path.home())
 
 # Folders that only exist on one machine.  The look-behind keeps URLs (example.com/root) and
 # relative paths (data/tmp/x) out.
@@ -66,7 +69,7 @@ def _machine_patterns() -> dict[str, str]:
     found = {
         "the repository's path": str(ROOT),
         "the Python environment's path": sys.prefix,
-        "the home folder": str(Path.home()),
+        "the home folder": REAL_HOME,
         "the temporary folder": tempfile.gettempdir(),
     }
     found = {what: s for what, s in found.items() if len(s) > 4}  # never "/" or "/tmp"

@@ -1,4 +1,8 @@
-"""d2l_utils.profiles: which profile is active, what each one changes, and the line that says so."""
+"""d2l_utils.profiles: which profile is active, what each one changes, and the line that says so.
+
+The quick and full profiles read the full dataset: those tests take ``fashion_mnist_full``
+(tests/conftest.py), which finds it through ``D2L_DATA_DIR`` and skips them where there is none.
+"""
 
 from __future__ import annotations
 
@@ -107,7 +111,7 @@ def test_unknown_name_is_a_value_error_naming_it(monkeypatch):
 # --- what load_data prints and does --------------------------------------------------------------
 
 
-def test_quick_load_data_line_and_stratified_subset(monkeypatch, capsys):
+def test_quick_load_data_line_and_stratified_subset(monkeypatch, capsys, fashion_mnist_full):
     monkeypatch.setenv("D2L_PROFILE", "quick")
     train_iter, test_iter = d2l.load_data_fashion_mnist(256, resize=96)
     assert capsys.readouterr().out == (
@@ -135,7 +139,7 @@ def test_quick_load_data_line_and_stratified_subset(monkeypatch, capsys):
         ((96, 48), ", 32x16 px instead of 96x48 px", (32, 16)),
     ],
 )
-def test_quick_caps_the_image_size(capsys, resize, change, shape):
+def test_quick_caps_the_image_size(capsys, resize, change, shape, fashion_mnist_full):
     _, test_iter = d2l.load_data_fashion_mnist(100, resize=resize, profile="quick")
     line = f"profile quick: 30,720 of 60,000 training images{change}; {FULL_RUN}\n"
     assert capsys.readouterr().out == line
@@ -162,7 +166,7 @@ def test_a_custom_profile_limits_both_splits_stratified(capsys):
     assert (len(train_iter), len(test_iter)) == (3, 5)
 
 
-def test_full_changes_nothing_and_says_nothing(capsys):
+def test_full_changes_nothing_and_says_nothing(capsys, fashion_mnist_full):
     train_iter, test_iter = d2l.load_data_fashion_mnist(256, resize=96, profile="full")
     assert capsys.readouterr().out == ""
     assert (len(train_iter.dataset), len(test_iter.dataset)) == (60_000, 10_000)

@@ -302,3 +302,180 @@ def test_shortcut_a_in_a_basic_block():
     assert count_params(b) - count_params(a) == 16 * 32 + 2 * 32  # 1x1 conv + its batch norm
     with pytest.raises(ValueError, match="only add channels"):
         R.ShortcutA(32, 16, 2)
+
+
+# --- torchvision's argument order ----------------------------------------------------------------
+
+
+def test_positional_arguments_mean_what_they_mean_in_torchvision():
+    # ResNet(block, layers, num_classes, zero_init_residual): the fourth positional argument is
+    # torchvision's zero_init_residual, never the number of input channels.
+    torch.manual_seed(0)
+    ours = R.ResNet(R.BasicBlock, [2, 2, 2, 2], 10, True)
+    with torch.device("meta"):
+        ref = tv.ResNet(tv.BasicBlock, [2, 2, 2, 2], 10, True)
+    assert _shapes(ours) == _shapes(ref)
+    assert ours.conv1.in_channels == 3 and ours.fc.out_features == 10
+    assert not ours.layer1[0].bn2.weight.any()  # zero_init_residual took effect
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+def test_factories_take_keyword_arguments_only(depth):
+    factory = getattr(R, f"resnet{depth}")
+    with torch.device("meta"):
+        net = factory(num_classes=10, in_channels=1, zero_init_residual=True)
+        assert net.conv1.in_channels == 1 and net.fc.out_features == 10
+        with pytest.raises(TypeError):
+            factory(10, 1)
+    with pytest.raises(TypeError):
+        R.ResNet(R.BasicBlock, [2, 2, 2, 2], 10, False, 1)  # in_channels is keyword-only
+    with pytest.raises(TypeError):
+        R.d2l_resnet18(10, 1)
+
+
+# --- the bugs of widely copied bottleneck and Keras code, and the check that catches each ---------
+#
+# Each buggy block below is the package's block with one mistake that circulates in copied code.
+# The same check is run on the correct block (it must pass) and on the buggy one (it must fail),
+# so each test shows which kind of check a reader needs to catch that bug.
+
+
+class _CopiedBottleneck(nn.Module):
+    """A bottleneck as widely copied code writes it, with switches for its known bugs."""
+
+    def __init__(self, inplanes, planes, *, conv2_reads_input=False, bn3=True):
+        super().__init__()
+        self.conv1 = R.conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        # Bug 1: conv2 declared with the block's *input* width instead of conv1's output width.
+        self.conv2 = R.conv3x3(inplanes if conv2_reads_input else planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = R.conv1x1(planes, 4 * planes)
+        # Bug 2: the batch norm after the expanding 1x1 convolution left out.
+        self.bn3 = nn.BatchNorm2d(4 * planes) if bn3 else nn.Identity()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + x)
+
+
+class _KerasBasicBlock(R.BasicBlock):
+    """The basic block as a widely copied Keras version writes it, with switches for its bugs."""
+
+    def __init__(
+        self,
+        inplanes,
+        planes,
+        stride=1,
+        downsample=None,
+        *,
+        relu_branch=False,
+        relu_projection=False,
+    ):
+        super().__init__(inplanes, planes, stride, downsample)
+        self.relu_branch, self.relu_projection = relu_branch, relu_projection
+
+    def forward(self, x):
+        out = self.branch(x)
+        # Bug 3: a ReLU on the branch before the add, so the branch can only add, never subtract.
+        out = F.relu(out) if self.relu_branch else out
+        s = self.shortcut(x)
+        # Bug 4: a ReLU on the projection shortcut, so the shortcut no longer passes x linearly.
+        s = F.relu(s) if self.relu_projection and self.downsample is not None else s
+        return F.relu(out + s)
+
+
+def _projection(inplanes, planes, stride):
+    return nn.Sequential(R.conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+
+
+def _runs_on_a_256_channel_input(make_block):
+    """Check for bug 1: the bottleneck of stages 2-4 reads 4 * planes channels."""
+    block = make_block()
+    try:
+        block(torch.randn(2, 256, 8, 8))
+    except RuntimeError:
+        return False
+    return True
+
+
+def _has_torchvisions_parameters(make_block):
+    """Check for bug 2: keys, shapes and count of torchvision's Bottleneck(256, 64)."""
+    block, ref = make_block(), tv.Bottleneck(256, 64)
+    return _shapes(block) == _shapes(ref) and count_params(block) == count_params(ref)
+
+
+def _computes_torchvisions_function(make_block):
+    """Check for bugs 3 and 4: torchvision's weights loaded, torchvision's outputs expected."""
+    torch.manual_seed(0)
+    ref = tv.BasicBlock(16, 32, 2, _projection(16, 32, 2))
+    _randomize_bn(ref, torch.Generator().manual_seed(1))
+    block = make_block()
+    block.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        return torch.allclose(block.eval()(x), ref.eval()(x), rtol=1.3e-6, atol=1e-5)
+
+
+def _head_has_num_classes_outputs(make_head):
+    """Check for bug 5: the classifier must output (B, num_classes), whatever the block counts."""
+    try:
+        head = make_head(num_blocks=[3, 4, 6, 3], num_classes=10)
+    except TypeError:  # nn.Linear(2048, [3, 4, 6, 3]) refuses a list at construction
+        return False
+    return head(torch.randn(2, 2048)).shape == (2, 10)
+
+
+BUGS = {
+    # name: (check, correct version, copied-code version)
+    "bottleneck conv2 reads the block input (shape error)": (
+        _runs_on_a_256_channel_input,
+        lambda: _CopiedBottleneck(256, 64),
+        lambda: _CopiedBottleneck(256, 64, conv2_reads_input=True),
+    ),
+    "bottleneck without bn3 (parameter count)": (
+        _has_torchvisions_parameters,
+        lambda: _CopiedBottleneck(256, 64),
+        lambda: _CopiedBottleneck(256, 64, bn3=False),
+    ),
+    "Keras ReLU on the branch before the add (outputs)": (
+        _computes_torchvisions_function,
+        lambda: _KerasBasicBlock(16, 32, 2, _projection(16, 32, 2)),
+        lambda: _KerasBasicBlock(16, 32, 2, _projection(16, 32, 2), relu_branch=True),
+    ),
+    "Keras ReLU on the projection shortcut (outputs)": (
+        _computes_torchvisions_function,
+        lambda: _KerasBasicBlock(16, 32, 2, _projection(16, 32, 2)),
+        lambda: _KerasBasicBlock(16, 32, 2, _projection(16, 32, 2), relu_projection=True),
+    ),
+    "Linear(..., num_blocks) head (construction)": (
+        _head_has_num_classes_outputs,
+        lambda num_blocks, num_classes: nn.Linear(2048, num_classes),
+        lambda num_blocks, num_classes: nn.Linear(2048, num_blocks),
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", list(BUGS))
+def test_copied_code_bug_is_caught(bug):
+    check, correct, buggy = BUGS[bug]
+    assert check(correct)
+    assert not check(buggy)
+
+
+def test_copied_bottleneck_bugs_hide_in_the_first_stage_block():
+    # Bug 1 goes unnoticed where it matters least: in the first block of stage 1 input and
+    # conv1 widths are both 64, so conv2's wrong declaration happens to be right.
+    buggy = _CopiedBottleneck(64, 64, conv2_reads_input=True)
+    assert buggy.conv2.in_channels == 64
+
+
+def test_book_residual_is_at_the_package_top_level():
+    # The book's multi-GPU chapter builds its ResNet-18 from d2l.Residual.
+    import d2l_utils as d2l
+
+    assert d2l.Residual is R.Residual
+    blk = d2l.Residual(64, 128, use_1x1conv=True, strides=2)
+    assert blk(torch.randn(2, 64, 8, 8)).shape == (2, 128, 4, 4)

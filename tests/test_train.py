@@ -1,4 +1,4 @@
-"""d2l_utils.train, plot, results, measure: train_ch6 on tiny synthetic problems, checked by hand.
+"""d2l_utils.train: train_ch6 and evaluate_accuracy_gpu, checked by hand on tiny problems.
 
 A learning rate of 0 (given through ``optimizer=``) freezes the weights, so every number train_ch6
 reports can be recomputed here from the same net: the mean loss, both accuracies, the throughput.
@@ -6,7 +6,6 @@ reports can be recomputed here from the same net: the mean loss, both accuracies
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -16,13 +15,17 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 import torchvision
+from tiny import BATCH, N_BATCHES, mlp, sample_loaders
 from torch import nn
 from torch.nn import functional as F
 from torch.testing import assert_close
 
 import d2l_utils as d2l
 import d2l_utils.train
-from d2l_utils.data import BatchLoader, FashionMNIST
+import d2l_utils.training_run
+from d2l_utils.checkpoint import load_checkpoint
+from d2l_utils.data import BatchLoader, FashionMNIST, load_sample
+from d2l_utils.lenet import lenet, lenet_bn
 from d2l_utils.measure import count_flops, count_params
 from d2l_utils.plot import Animator
 
@@ -316,6 +319,22 @@ def test_same_seed_same_run(capsys):
     # A net of only nn.Conv2d and nn.Linear layers restarts whole: again on the trained net.
     history = d2l.train_ch6(net, train_iter, test_iter, 2, 0.1, "cpu", seed=0, profile="full")
     assert history.train_loss == runs[0][0] and history.test_acc == runs[0][1]
+    # New loader objects (a new session), whose own shuffle seed differs: the same run again.
+    fresh = BatchLoader(synthetic(64, 0), 16, shuffle=True, seed=42), loaders()[1]
+    history = d2l.train_ch6(conv_net(), *fresh, 2, 0.1, "cpu", seed=0, profile="full")
+    assert history.train_loss == runs[0][0] and history.test_acc == runs[0][1]
+
+
+def test_same_seed_repeats_a_net_with_batch_norm_and_dropout_in_channels_last(capsys):
+    def net() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Dropout(0.2),
+            nn.Flatten(), nn.Linear(32 * SIDE * SIDE, CLASSES),
+        )  # fmt: skip
+
+    assert d2l.device.prefers_channels_last(net())
+    runs = [d2l.train_ch6(net(), *loaders(), 2, 0.1, "cpu", seed=5, profile="full") for _ in "ab"]
+    assert runs[0].train_loss == runs[1].train_loss and runs[0].test_acc == runs[1].test_acc
 
 
 def test_optimizer_scheduler_loss_and_augment_options(capsys):
@@ -437,63 +456,7 @@ def test_timer(monkeypatch):
     assert (timer.sum(), timer.avg(), timer.cumsum()) == (4.5, 2.25, [1.5, 4.5])
 
 
-# --- plots ---------------------------------------------------------------------------------------
-
-
-def test_animator_draws_the_points_it_is_given():
-    animator = d2l.Animator(xlabel="epoch", xlim=[1, 3], legend=["loss", "acc"])
-    animator.add(1, (0.9, None))
-    animator.add(2, (0.5, 0.7))
-    animator.add([3, 3], [0.2, 0.8])
-    lines = animator.axes[0].get_lines()
-    assert [list(line.get_xdata()) for line in lines] == [[1, 2, 3], [2, 3]]
-    assert [list(line.get_ydata()) for line in lines] == [[0.9, 0.5, 0.2], [0.7, 0.8]]
-    assert animator.axes[0].get_xlabel() == "epoch"
-    assert [t.get_text() for t in animator.axes[0].get_legend().get_texts()] == ["loss", "acc"]
-    plt.close(animator.fig)
-
-
-def test_show_images_draws_a_titled_grid():
-    imgs = torch.rand(5, 28, 28, generator=torch.Generator().manual_seed(0))
-    titles = d2l.get_fashion_mnist_labels([0, 1, 2, 3, 4])
-    axes = d2l.show_images(imgs, 2, 3, titles=titles)
-    assert len(axes) == 6
-    for ax, img, title in zip(axes, imgs, titles, strict=False):
-        assert ax.get_title() == title
-        assert_close(torch.as_tensor(ax.get_images()[0].get_array().data), img)
-    assert axes[5].get_images() == []
-    plt.close(axes[0].figure)
-
-
-# --- results and measurements --------------------------------------------------------------------
-
-
-def test_record_result_appends_a_json_line(tmp_path, monkeypatch):
-    net = nn.Linear(3, 2)  # 3 * 2 + 2 parameters
-    history = d2l.History(
-        train_loss=[0.5], train_acc=[0.81234], test_acc=[0.79876], epoch_time=[2.0],
-        examples_per_sec=1234.56, total_time=2.54, device="cpu", profile="quick", num_epochs=1,
-    )  # fmt: skip
-    results = tmp_path / "results.jsonl"
-    monkeypatch.setenv("D2L_RESULTS", str(results))
-    monkeypatch.setenv("D2L_NOTEBOOK", "03_resnet18_fashion_mnist")
-    row = d2l.record_result("tiny", net, history, note="x")
-    d2l.record_result("tiny again", net, history)
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert rows[0] == row and rows[1]["model"] == "tiny again"
-    assert row["notebook"] == "03_resnet18_fashion_mnist" and row["model"] == "tiny"
-    assert row["parameters"] == 8 and row["epochs"] == 1
-    assert (row["train_acc"], row["test_acc"]) == (0.8123, 0.7988)
-    assert (row["examples_per_sec"], row["time_s"]) == (1234.6, 2.5)
-    assert (row["device"], row["profile"], row["note"]) == ("cpu", "quick", "x")
-
-
-def test_record_result_without_d2l_results_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.delenv("D2L_RESULTS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    history = d2l.History(train_acc=[0.5], test_acc=[0.5], examples_per_sec=1.0, num_epochs=1)
-    assert d2l.record_result("m", nn.Linear(2, 2), history)["parameters"] == 6
-    assert list(tmp_path.iterdir()) == []
+# --- measurements (d2l_utils.measure) ---------------------------------------------------------
 
 
 def test_count_params_and_flops_by_hand():
@@ -528,3 +491,442 @@ def test_count_params_and_flops_match_torchvision_resnet18():
     assert count_params(net) == meta["num_params"]
     # torchvision lists GFLOPS counting one multiply-add as one operation, to 3 decimals.
     assert round(count_flops(net, (1, 3, 224, 224)) / 2 / 1e9, 3) == meta["_ops"]
+
+
+# --- runs on a slice of the bundled sample (10 classes): interrupts, divergence, arguments -------
+
+
+def train(net: nn.Module, loaders, num_epochs: int = 3, lr: float = 0.1, **kwargs):
+    kwargs = {"seed": 0, "profile": "full", **kwargs}
+    return d2l.train_ch6(net, *loaders, num_epochs, lr, "cpu", **kwargs)
+
+
+def assert_equal_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def interrupt_at(net: nn.Module, n: int, training: bool = True):
+    """Raise KeyboardInterrupt (as Ctrl-C would) inside the ``n``-th forward pass of a full batch
+    in training mode (or in eval mode: during evaluation)."""
+    calls = [0]
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if module.training == training and args[0].shape[0] == BATCH:
+            calls[0] += 1
+            if calls[0] == n:
+                raise KeyboardInterrupt
+
+    return net.register_forward_pre_hook(hook)
+
+
+def seeded_start(net: nn.Module, seed: int) -> None:
+    """The start ``train_ch6(seed=...)`` documents: linear and convolutional layers re-drawn
+    whole from the seeded generator (PyTorch's init), then the book's xavier init."""
+    torch.manual_seed(seed)
+    for m in net.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):
+            m.reset_parameters()
+    net.apply(d2l.init_weights)
+
+
+def book_losses(net: nn.Module, train_iter: BatchLoader, lr: float, seed: int, steps: int):
+    """The book's training loop written out plainly: the losses of the first ``steps`` batches."""
+    seeded_start(net, seed)
+    train_iter.generator.manual_seed(seed)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    losses: list[float] = []
+    while len(losses) < steps:
+        net.train()
+        for X, y in train_iter:
+            loss = F.cross_entropy(net(X), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if len(losses) == steps:
+                break
+    return losses
+
+
+def test_interrupt_inside_a_batch_finishes_the_bookkeeping_then_stops_the_cell(
+    capsys, tmp_path, monkeypatch
+):
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setenv("D2L_RESULTS", str(results))
+    net, loaders = mlp(), sample_loaders()
+    handle = interrupt_at(net, N_BATCHES + 3)  # the 3rd batch of epoch 2
+    started = []
+
+    def cell():  # notebook 01's cells train and record twice: the second run must not start
+        for name in ("first", "second"):
+            started.append(name)
+            history = train(net, loaders, num_epochs=3)
+            d2l.record_result(name, net, history)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        cell()
+    handle.remove()
+    assert started == ["first"] and not results.exists()
+
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "interrupt" in line] == [
+        "interrupted in epoch 2/3 after step 2/5: net keeps its current weights; the history of "
+        "1 completed epoch is the exception's .history; pass checkpoint=PATH to make a run "
+        "resumable"
+    ]
+    history = info.value.history
+    assert history.interrupted and history.num_epochs == 1
+    assert len(history.train_loss) == len(history.test_acc) == len(history.epoch_time) == 1
+    assert history.examples_per_sec > 0 and history.total_time > 0
+    with pytest.raises(ValueError, match="interrupted"):
+        d2l.record_result("first", net, history)
+
+    # The weights are those after exactly N_BATCHES + 2 steps of the book's plain loop.
+    reference = mlp()
+    book_losses(reference, sample_loaders()[0], lr=0.1, seed=0, steps=N_BATCHES + 2)
+    assert_equal_states(snapshot(net), snapshot(reference))
+    assert net.training
+
+
+def test_interrupt_during_evaluation_leaves_the_net_in_training_mode(capsys):
+    net, loaders = mlp(), sample_loaders()
+    handle = interrupt_at(net, 1, training=False)  # the first full test batch of epoch 1
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(net, loaders, num_epochs=2)
+    handle.remove()
+    assert "interrupted in epoch 1/2 while evaluating" in capsys.readouterr().out
+    history = info.value.history
+    assert history.interrupted and history.num_epochs == 0 and history.test_acc == []
+    assert net.training
+
+
+# --- divergence ---------------------------------------------------------------------------------
+
+
+def test_loss_limit_is_for_mean_cross_entropy_only():
+    limit = d2l_utils.training_run.loss_limit
+    assert limit(nn.CrossEntropyLoss(), 10) == pytest.approx(1000 * math.log(10))
+    assert limit(nn.CrossEntropyLoss(label_smoothing=0.1), 4) == pytest.approx(1000 * math.log(4))
+    assert limit(nn.CrossEntropyLoss(reduction="sum"), 10) == math.inf
+    assert limit(nn.MSELoss(), 10) == math.inf
+    assert limit(nn.CrossEntropyLoss(), None) == math.inf  # outputs that are not (B, C) logits
+
+
+def test_huge_learning_rate_stops_where_the_loss_exploded_and_restores_the_weights(capsys):
+    lr = 1e30
+    losses = book_losses(mlp(), sample_loaders()[0], lr=lr, seed=0, steps=N_BATCHES)
+    # All batches hold 50 images: the running loss is the mean of the batch losses so far.
+    limit = 1000 * math.log(10)
+    running = [sum(losses[: i + 1]) / (i + 1) for i in range(len(losses))]
+    first_bad = next(i + 1 for i, v in enumerate(running) if not v <= limit)
+
+    net = mlp()
+    start = mlp()  # the weights train_ch6 starts from
+    seeded_start(start, 0)
+    with pytest.raises(d2l.DivergenceError) as info:
+        train(net, sample_loaders(), num_epochs=3, lr=lr)
+    err = info.value
+    assert (err.epoch, err.step) == (1, first_bad)
+    assert "training diverged: the loss became " in str(err)
+    assert f"in epoch 1/3, step {first_bad}/{N_BATCHES} with lr=1e+30" in str(err)
+    assert "lower learning rate, e.g. lr=1e+29" in str(err)
+    assert err.history.num_epochs == 0
+    assert_equal_states(snapshot(net), snapshot(start))
+
+
+def test_exploding_loss_is_divergence_though_it_stays_finite(capsys):
+    """The issue's example: an MLP at lr=1e7 used to end with a loss of 7e25 and no error."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    train_iter, test_iter = d2l.load_data_fashion_mnist(256, profile="smoke")
+    with pytest.raises(d2l.DivergenceError, match=r"over 2303, 1000 times .* step \d+/8") as info:
+        d2l.train_ch6(net, train_iter, test_iter, 10, 1e7, "cpu", profile="smoke")
+    assert info.value.epoch == 1
+
+
+class Amplify(nn.Module):
+    """Multiplies the logits by 1e5 from its ``n``-th training call on: a finite, huge loss."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.training and X.shape[0] == BATCH:
+            self.calls += 1
+            return X * 1e5 if self.calls >= self.n else X
+        return X
+
+
+def test_explosion_is_reported_at_its_step_for_cross_entropy_only(capsys):
+    net = nn.Sequential(*mlp(), Amplify(3))
+    with pytest.raises(d2l.DivergenceError, match="the loss became") as info:
+        train(net, sample_loaders(), num_epochs=1, init=False)
+    assert info.value.step == 3  # (2 * ~2.3 + ~1e5) / 3 is above 1000 * log 10 from step 3 on
+
+    class ScaledLoss(nn.Module):  # not cross-entropy: no chance level, only NaN/inf diverge
+        def forward(self, y_hat, y):
+            return F.cross_entropy(y_hat, y) * 1e6
+
+    history = train(nn.Sequential(*mlp(), Amplify(3)), sample_loaders(), 1, 0.1, init=False,
+                    optimizer=frozen, loss=ScaledLoss())  # fmt: skip
+    assert history.train_loss[0] > 1e9
+
+
+@pytest.mark.parametrize("factory", [lenet, lenet_bn])
+def test_the_notebooks_high_learning_rate_runs_do_not_trip_the_guard(capsys, factory):
+    # Notebook 01 trains LeNet with and without batch norm at lr 1.0, full batches of 256.
+    train_iter, test_iter = d2l.load_data_fashion_mnist(256, profile="smoke", shuffle_seed=0)
+    torch.manual_seed(0)
+    history = d2l.train_ch6(factory(), train_iter, test_iter, 10, 1.0, "cpu", seed=0)
+    assert history.num_epochs == 1 and math.isfinite(history.train_loss[0])
+
+
+def test_divergence_in_a_later_epoch_keeps_the_last_completed_epoch(tmp_path, capsys):
+    path = tmp_path / "run.pt"
+
+    def explode(opt):  # the learning rate jumps by 1e30 at the first step of epoch 2
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < N_BATCHES else 1e30)
+
+    net = mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(d2l.DivergenceError, match=r"in epoch 2/3, step \d/5") as info:
+        train(net, sample_loaders(), num_epochs=3, optimizer=opt, scheduler=explode,
+              checkpoint=path)  # fmt: skip
+    assert info.value.epoch == 2 and info.value.history.num_epochs == 1
+    assert "reset to the end of epoch 1" in str(info.value)
+    saved = load_checkpoint(path)  # written after epoch 1, never with the diverged state
+    assert saved["epoch"] == 1
+    assert_equal_states(snapshot(net), saved["model"])
+    momentum = [opt.state[p]["momentum_buffer"] for p in net.parameters()]
+    assert all(torch.isfinite(m).all() for m in momentum)
+    assert_close(momentum, [saved["optimizer"]["state"][i]["momentum_buffer"] for i in range(4)])
+
+
+class PoisonedBuffer(nn.Module):
+    """Passes its input through; its buffer becomes inf in its ``n``-th training call."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.calls = n, 0
+        self.register_buffer("stat", torch.zeros(()))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.training and X.shape[0] == BATCH:
+            self.calls += 1
+            if self.calls == self.n:
+                self.stat.fill_(math.inf)
+        return X
+
+
+def test_non_finite_weights_with_a_finite_loss_are_divergence_too(capsys):
+    # Batch norm can hide exploding weights from the loss; the end-of-epoch check finds them.
+    net = nn.Sequential(PoisonedBuffer(N_BATCHES + 2), *mlp())
+    with pytest.raises(d2l.DivergenceError, match="weights became non-finite") as info:
+        train(net, sample_loaders(), num_epochs=3)
+    assert (info.value.epoch, info.value.step) == (2, None)
+    assert info.value.history.num_epochs == 1
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())
+
+
+# --- mixed precision and memory format -----------------------------------------------------------
+
+
+def fake_cuda(monkeypatch, capabilities: dict[int, tuple[int, int]], current: int = 0) -> None:
+    """Pretend CUDA devices of the given compute capabilities exist (nothing runs on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_capability",
+        lambda i=None: capabilities[current if i is None else i],
+    )
+
+
+def test_amp_option_means_by_device(monkeypatch):
+    fake_cuda(monkeypatch, {0: (7, 5), 1: (8, 0)}, current=1)
+    dtype = d2l_utils.train.autocast_dtype
+    cuda0, cuda1, cpu = torch.device("cuda:0"), torch.device("cuda:1"), torch.device("cpu")
+    assert dtype(None, cuda0) == torch.float16  # a T4: no native bf16
+    assert dtype(None, cuda1) == torch.bfloat16  # an A100
+    assert dtype(None, torch.device("cuda")) == torch.bfloat16  # the current device: cuda:1
+    assert dtype(None, cpu) is None and dtype(None, torch.device("mps")) is None
+    assert dtype(False, cuda1) is None
+    assert dtype(True, cuda0) == torch.float16 and dtype(True, cpu) == torch.bfloat16
+    assert dtype(torch.float16, cpu) == torch.float16 and dtype(torch.float32, cuda1) is None
+
+
+def rgb_batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` batches of 16 random 3-channel 8x8 images of 4 classes (in a list: a loader too)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(16, 3, SIDE, SIDE, generator=g), torch.arange(16) % CLASSES)] * n
+
+
+class Probe(nn.Module):
+    """A conv net wide enough to prefer channels_last that records how each batch arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 3 * 3, CLASSES)
+        )
+        self.seen: set[tuple[bool, bool, torch.dtype | None]] = set()
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if X.shape[0] > 2:  # not train_ch6's check of two test images before training
+            amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            self.seen.add((self.training, X.is_contiguous(memory_format=torch.channels_last), amp))
+        return self.net(X)
+
+
+def probe_run(net: Probe, **options) -> d2l.History:
+    return d2l.train_ch6(
+        net, rgb_batches(3, 0), rgb_batches(2, 1), 1, 0.1, "cpu", profile="full", **options
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "layout", "amp"),
+    [
+        ({}, True, None),  # the defaults on a CPU: channels_last (32 channels), fp32
+        ({"channels_last": False, "amp": False}, False, None),
+        ({"channels_last": False, "amp": True}, False, torch.bfloat16),
+    ],
+)
+def test_training_and_evaluation_run_in_the_same_layout_and_precision(capsys, options, layout, amp):
+    net = Probe()
+    assert d2l.device.prefers_channels_last(net)
+    probe_run(net, **options)
+    assert net.seen == {(True, layout, amp), (False, layout, amp)}
+
+
+def test_evaluate_accuracy_gpu_options():
+    net = Probe()
+    d2l.evaluate_accuracy_gpu(net, rgb_batches(2, 1))
+    assert net.seen == {(False, True, None)}
+    net.seen.clear()
+    d2l.evaluate_accuracy_gpu(net, rgb_batches(2, 1), channels_last=False, amp=True)
+    assert net.seen == {(False, False, torch.bfloat16)}
+
+
+def test_fp16_on_an_older_gpu_trains_with_the_gradient_scaler(monkeypatch, capsys):
+    # What train_ch6 decides for a T4 (capability 7.5), carried out on the CPU: fp16 autocast
+    # and an enabled GradScaler that scales every loss before backward.
+    with monkeypatch.context() as m:  # only while deciding: torch itself must see the CPU
+        fake_cuda(m, {0: (7, 5)})
+        t4 = d2l.device.amp_dtype(torch.device("cuda:0"))
+    monkeypatch.setattr(d2l_utils.train, "amp_dtype", lambda device: t4)
+    scalers = []
+
+    def recording_scaler(device, dtype):
+        scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+        scale = scaler.scale
+        scaler.calls = 0
+
+        def counting_scale(loss):
+            scaler.calls += 1
+            return scale(loss)
+
+        scaler.scale = counting_scale
+        scalers.append(scaler)
+        return scaler
+
+    monkeypatch.setattr(d2l_utils.train, "grad_scaler", recording_scaler)
+    net = Probe()
+    history = probe_run(net, channels_last=False)
+    assert net.seen == {(True, False, torch.float16), (False, False, torch.float16)}
+    (scaler,) = scalers
+    assert scaler.is_enabled() and scaler.calls == 3
+    assert math.isfinite(history.train_loss[0])
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'chanels_last'"):
+        d2l.train_ch6(mlp(), *sample_loaders(), 1, 0.1, "cpu", chanels_last=False)
+
+
+# --- bad arguments -------------------------------------------------------------------------------
+
+
+class NoStep(torch.optim.SGD):
+    def step(self, closure=None):
+        raise AssertionError("a training step ran")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_epochs": 0}, "num_epochs must be a positive int, got 0"),
+        ({"num_epochs": -2}, "num_epochs must be a positive int"),
+        ({"num_epochs": 2.5}, "num_epochs must be a positive int, got 2.5"),
+        ({"num_epochs": True}, "num_epochs must be a positive int"),
+        ({"num_epochs": "3"}, "num_epochs must be a positive int"),
+        ({"lr": 0}, "lr must be a positive finite number, got 0"),
+        ({"lr": -0.1}, "lr must be a positive finite number"),
+        ({"lr": float("nan")}, "lr must be a positive finite number, got nan"),
+        ({"lr": float("inf")}, "lr must be a positive finite number, got inf"),
+        ({"lr": "0.1"}, "lr must be a positive finite number"),
+        ({"lr": None}, "lr must be a positive finite number"),
+        ({"seed": "0"}, "seed must be an int"),
+    ],
+)
+def test_train_ch6_rejects_bad_arguments_before_training(kwargs, message):
+    net = mlp()
+    untouched = snapshot(net)
+    args = {"num_epochs": 1, "lr": 0.1, **kwargs}
+    opt = NoStep(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        d2l.train_ch6(net, *sample_loaders(), args["num_epochs"], args["lr"], "cpu",
+                      optimizer=opt, seed=args.get("seed"))  # fmt: skip
+    assert_equal_states(snapshot(net), untouched)
+
+
+def empty() -> FashionMNIST:
+    return load_sample(train=False).subset(torch.arange(0))
+
+
+@pytest.mark.parametrize(
+    ("which", "loader", "message"),
+    [
+        ("train", lambda: BatchLoader(empty(), 8), "train_iter is empty"),
+        ("test", lambda: BatchLoader(empty(), 8), "test_iter is empty"),
+        ("train", lambda: [], "train_iter is empty"),
+    ],
+)
+def test_train_ch6_rejects_an_empty_loader(which, loader, message):
+    train_iter, test_iter = sample_loaders()
+    if which == "train":
+        train_iter = loader()
+    else:
+        test_iter = loader()
+    with pytest.raises(ValueError, match=message):
+        d2l.train_ch6(mlp(), train_iter, test_iter, 1, 0.1, "cpu")
+
+
+def test_train_ch6_rejects_labels_the_net_has_no_output_for():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 5))  # 5 classes, Fashion-MNIST has 10
+    untouched = snapshot(net)
+    opt = NoStep(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"train_iter has labels 0..9, but net outputs 5 class"):
+        d2l.train_ch6(net, *sample_loaders(), 1, 0.1, "cpu", optimizer=opt)
+    assert_equal_states(snapshot(net), untouched)  # not even the init ran
+
+    train_iter, test_iter = sample_loaders()
+    test = test_iter.dataset
+    negative = FashionMNIST(test.images, test.labels - 1, test.indices, train=False)
+    with pytest.raises(ValueError, match=r"test_iter has labels -1..8"):
+        d2l.train_ch6(mlp(), train_iter, BatchLoader(negative, BATCH), 1, 0.1, "cpu")
+
+
+def test_train_ch6_reports_a_net_that_cannot_take_the_images():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(96 * 96, 10))  # built for 96 px, given 28 px
+    with pytest.raises(RuntimeError, match=r"before training, net failed on a test batch X of"):
+        d2l.train_ch6(net, *sample_loaders(), 1, 0.1, "cpu")
+
+
+def test_unknown_profile_is_named_by_train_ch6():
+    with pytest.raises(ValueError, match=r"profile='fast' is not a known run profile"):
+        d2l.train_ch6(mlp(), *sample_loaders(), 1, 0.1, "cpu", profile="fast")
