@@ -176,3 +176,32 @@ def test_wrong_number_of_dims_raises():
         BatchNorm(3, 4)(torch.randn(2, 3))
     with pytest.raises(ValueError):
         BatchNorm(3, 3)
+
+
+def test_a_group_of_one_process_is_plain_batch_norm():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for num_dims, shape, ref_cls in CASES:
+            ref, ours, gen = _pair(num_dims, shape, ref_cls, dtype=torch.float64)
+            ours.group = dist.group.WORLD
+            for _ in range(2):
+                X = _batch(shape, gen, torch.float64)
+                assert_close(ours(X), ref(X))
+            assert_close(ours.running_mean, ref.running_mean)
+            assert_close(ours.running_var, ref.running_var)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_synchronized_layer_deep_copies_with_the_same_group():
+    import copy
+
+    group = object()  # a stand-in: process groups can be neither copied nor pickled
+    bn = BatchNorm(3, 4, group=group)
+    twin = copy.deepcopy(bn)
+    assert twin.group is group
+    assert twin.weight is not bn.weight and torch.equal(twin.weight, bn.weight)
+    assert twin.running_var is not bn.running_var
+    assert "synchronized" in repr(twin) and "synchronized" not in repr(BatchNorm(3, 4))
