@@ -9,8 +9,9 @@ variable ``D2L_PROFILE`` picks how much of that work is actually done:
 ``quick``
     Default on a CPU.  A stratified 30,720 of the 60,000 training images (120 whole batches of
     256, so no epoch ends with a small batch), all 10,000 test images, at most 4 epochs, images
-    resized to at most 32 px.  Each notebook finishes in about ten minutes
-    on a 2-core CPU and its models still reach accuracies far above chance.
+    resized to at most 32 px.  Notebooks that compare settings over several seeds pass a smaller
+    budget per run (``dataclasses.replace`` of this profile, in their settings cell), so that all
+    seven notebooks run in about 40 minutes on a 2-core CPU.
 ``smoke``
     For tests and CI.  The 2,000/1,000-image sample bundled with the package (no download), one
     epoch, images resized to at most 32 px.  Each notebook executes in well under a minute.

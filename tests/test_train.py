@@ -14,7 +14,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 import torch
-import torchvision
 from tiny import BATCH, N_BATCHES, mlp, sample_loaders
 from torch import nn
 from torch.nn import functional as F
@@ -26,7 +25,6 @@ import d2l_utils.training_run
 from d2l_utils.checkpoint import load_checkpoint
 from d2l_utils.data import BatchLoader, FashionMNIST, load_sample
 from d2l_utils.lenet import lenet, lenet_bn
-from d2l_utils.measure import count_flops, count_params
 from d2l_utils.plot import Animator
 
 matplotlib.use("Agg")  # conftest.py sets it too; figures are only inspected
@@ -454,43 +452,6 @@ def test_timer(monkeypatch):
     assert timer.stop() == 3.0
     assert timer.times == [1.5, 3.0]
     assert (timer.sum(), timer.avg(), timer.cumsum()) == (4.5, 2.25, [1.5, 4.5])
-
-
-# --- measurements (d2l_utils.measure) ---------------------------------------------------------
-
-
-def test_count_params_and_flops_by_hand():
-    c_in, c_out, k, h, w = 3, 8, 3, 16, 16
-    net = nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, padding=1),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(c_out * h * w, 10),
-    )
-    conv_params = c_out * c_in * k * k + c_out
-    bn_params = 2 * c_out
-    linear_params = c_out * h * w * 10 + 10
-    assert count_params(net) == conv_params + bn_params + linear_params
-    net[0].requires_grad_(False)
-    assert count_params(net, trainable_only=True) == bn_params + linear_params
-    assert count_params(net) == conv_params + bn_params + linear_params
-    conv_flops = 2 * c_in * c_out * k * k * h * w  # one multiply-add = 2 FLOPs
-    linear_flops = 2 * c_out * h * w * 10
-    stats = snapshot(net)
-    assert count_flops(net, (1, c_in, h, w)) == conv_flops + linear_flops
-    assert count_flops(net, (2, c_in, h, w)) == 2 * (conv_flops + linear_flops)
-    assert net.training  # restored, and BN's statistics untouched (counted in eval mode)
-    for key, value in snapshot(net).items():
-        assert torch.equal(value, stats[key]), key
-
-
-def test_count_params_and_flops_match_torchvision_resnet18():
-    meta = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta  # no download: metadata only
-    net = torchvision.models.resnet18()
-    assert count_params(net) == meta["num_params"]
-    # torchvision lists GFLOPS counting one multiply-add as one operation, to 3 decimals.
-    assert round(count_flops(net, (1, 3, 224, 224)) / 2 / 1e9, 3) == meta["_ops"]
 
 
 # --- runs on a slice of the bundled sample (10 classes): interrupts, divergence, arguments -------
