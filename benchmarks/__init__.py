@@ -6,7 +6,7 @@ options.  Not part of the installed package: the modules are
 * :mod:`benchmarks.bench`: the command line;
 * :mod:`benchmarks.cases`: which models are timed, with the book's settings;
 * :mod:`benchmarks.textbook`: the textbook's data path (torchvision ``FashionMNIST`` +
-  ``DataLoader``); its loop is :mod:`d2l_utils.reference`, shared with the tests;
+  ``DataLoader``); its loop is :mod:`benchmarks.reference`, shared with the tests;
 * :mod:`benchmarks.machine`: the device's name, synchronisation and matrix-multiply peak;
 * :mod:`benchmarks.timing`: the timed runs of both paths and what they give per model;
 * :mod:`benchmarks.accuracy`: both paths trained to the end, to compare test accuracy;

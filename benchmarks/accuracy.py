@@ -14,11 +14,11 @@ import torch
 
 from benchmarks.cases import BOOK_SETTINGS, LABELS, MODELS
 from benchmarks.machine import device_name
+from benchmarks.reference import book_train_ch6
 from benchmarks.textbook import BOOK_WORKERS, textbook_datasets, textbook_loader
 from benchmarks.timing import load_splits
 from d2l_utils import init_weights, train_ch6
 from d2l_utils.data import BatchLoader
-from d2l_utils.reference import book_train_ch6
 
 BATCH_SIZE = 256  # the book's
 

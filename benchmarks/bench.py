@@ -8,7 +8,7 @@ Run from the repository root (``make bench`` runs the quick form).  The two path
 
 ``textbook``
     torchvision's ``FashionMNIST`` with ``Resize``/``ToTensor`` transforms, ``DataLoader`` with the
-    book's 4 worker processes, and the book's loop (:mod:`d2l_utils.reference`), which copies the
+    book's 4 worker processes, and the book's loop (:mod:`benchmarks.reference`), which copies the
     loss and the number of correct predictions to the host after every batch.
 ``course``
     :class:`d2l_utils.data.BatchLoader` (the loader :func:`d2l_utils.load_data` returns: uint8

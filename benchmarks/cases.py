@@ -10,19 +10,19 @@ from torch import nn
 
 
 def _lenet_bn() -> nn.Module:
-    from d2l_utils.lenet import lenet_bn
+    from d2l_utils.models.lenet import lenet_bn
 
     return lenet_bn()
 
 
 def _resnet18() -> nn.Module:
-    from d2l_utils.resnet import resnet18
+    from d2l_utils.models.resnet import resnet18
 
     return resnet18(num_classes=10, in_channels=1)
 
 
 def _densenet() -> nn.Module:
-    from d2l_utils.densenet import densenet
+    from d2l_utils.models.densenet import densenet
 
     return densenet()
 

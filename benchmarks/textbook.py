@@ -1,6 +1,6 @@
 """The textbook's data path: torchvision's ``FashionMNIST`` read through a ``DataLoader``.
 
-The book's loop that consumes it is :mod:`d2l_utils.reference`.
+The book's loop that consumes it is :mod:`benchmarks.reference`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torchvision import datasets
 
+from benchmarks.reference import book_transform
 from d2l_utils.data import FashionMNIST
-from d2l_utils.reference import book_transform
 
 # The book's get_dataloader_workers(): 4 processes, whatever the machine.
 BOOK_WORKERS = 4

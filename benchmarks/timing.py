@@ -24,11 +24,11 @@ from torch import nn
 
 from benchmarks.cases import Case
 from benchmarks.machine import default_peak_size, device_name, peaks, sync
+from benchmarks.reference import book_evaluate, book_train_epoch
 from benchmarks.textbook import BOOK_WORKERS, textbook_datasets, textbook_loader, with_transform
 from d2l_utils import History, init_weights, train_ch6
 from d2l_utils.data import BatchLoader, FashionMNIST, load_data, load_sample
 from d2l_utils.measure import count_flops
-from d2l_utils.reference import book_evaluate, book_train_epoch
 
 FLOPS_CONVENTION = (
     "training FLOPs per image = 3 x forward FLOPs (torch.utils.flop_counter: convolutions and "

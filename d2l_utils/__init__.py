@@ -6,30 +6,35 @@ Code written for the book runs unchanged with ``import d2l_utils as d2l``::
     train_iter, test_iter = d2l.load_data_fashion_mnist(256, resize=96)
     d2l.train_ch6(net, train_iter, test_iter, 10, 0.05, d2l.try_gpu())
 
-The models the notebooks build live in their own modules (``from d2l_utils.resnet import
-Residual``); the run profiles (``D2L_PROFILE=smoke|quick|full``) in :mod:`d2l_utils.profiles`.
+This namespace holds the book's names, the course's loader (``load_data``, ``BatchLoader``), the
+run profile (``get_profile``), what ``train_ch6`` returns (``History``) and the exceptions a
+learner may catch.  Everything else is in its module: the networks in :mod:`d2l_utils.models`,
+the chapters' extras in :mod:`~d2l_utils.analysis`, :mod:`~d2l_utils.memory`,
+:mod:`~d2l_utils.transfer`, :mod:`~d2l_utils.distributed`, :mod:`~d2l_utils.stats`; the
+long-run bookkeeping in :mod:`d2l_utils.robust` (see CONTRIBUTING.md for the layout).
 """
 
 from d2l_utils.checkpoint import CheckpointError
 from d2l_utils.data import (
     BatchLoader,
+    get_fashion_mnist_labels,
+    get_profile,
+    load_data,
+    load_data_fashion_mnist,
+)
+from d2l_utils.device import cpu, num_gpus, try_all_gpus, try_gpu
+from d2l_utils.fashion_mnist import (
     ChecksumError,
     DataAccessError,
     DataFileError,
     DataRootError,
     DatasetNotFoundError,
-    get_fashion_mnist_labels,
-    load_data,
-    load_data_fashion_mnist,
 )
-from d2l_utils.device import cpu, num_gpus, try_all_gpus, try_gpu
+from d2l_utils.models.resnet import Residual
 from d2l_utils.plot import Animator, set_axes, show_images
-from d2l_utils.profiles import Profile, get_profile
-from d2l_utils.resnet import Residual
-from d2l_utils.results import record_result
+from d2l_utils.robust import DivergenceError
 from d2l_utils.train import (
     Accumulator,
-    DivergenceError,
     History,
     Timer,
     accuracy,
@@ -52,7 +57,6 @@ __all__ = [
     "DatasetNotFoundError",
     "DivergenceError",
     "History",
-    "Profile",
     "Residual",
     "Timer",
     "accuracy",
@@ -64,7 +68,6 @@ __all__ = [
     "load_data",
     "load_data_fashion_mnist",
     "num_gpus",
-    "record_result",
     "set_axes",
     "show_images",
     "train_ch6",

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from d2l_utils.data import TEXT_LABELS, resize_batch
-from d2l_utils.device import device_of, in_layout, prefers_channels_last
+from d2l_utils.device import device_of, eval_mode, in_layout, prefers_channels_last
+from d2l_utils.plot import show_images
 
 __all__ = [
     "Prediction",
@@ -46,16 +47,12 @@ def predict(
     # Convolutional nets get channels-last batches, as in train_ch6's evaluation, so that both
     # run the same float32 kernels and agree to the last prediction on a CPU.
     channels_last = prefers_channels_last(net)  # as train_ch6 runs it
-    was_training = net.training
-    net.eval()  # batch norm must use its running statistics, as at test time
     preds, labels = [], []
-    try:
+    with eval_mode(net):  # batch norm must use its running statistics, as at test time
         for X, y in data_iter:
             X = in_layout(X.to(device), channels_last)
             preds.append(net(X).argmax(dim=1).cpu())
             labels.append(y.cpu())
-    finally:
-        net.train(was_training)
     if not preds:
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty.clone()
@@ -165,8 +162,6 @@ def show_misclassified(
     Returns:
         The axes from :func:`d2l_utils.plot.show_images`.
     """
-    from d2l_utils.plot import show_images
-
     idx = misclassified(preds, labels)[: num_rows * num_cols]
     imgs = images[idx]
     if imgs.dim() == 4:
@@ -238,12 +233,8 @@ def class_probabilities(net: nn.Module, image: Tensor, *, resize: int | None = N
 
     ``resize`` is the side of the images the net was trained on (see :func:`preprocess`).
     """
-    was_training = net.training
-    net.eval()  # one image is no batch: batch norm must use its running statistics
-    try:
+    with eval_mode(net):  # one image is no batch: batch norm must use its running statistics
         logits = net(preprocess(image, resize).to(device_of(net)))[0]
-    finally:
-        net.train(was_training)
     return logits.float().softmax(dim=0).cpu()
 
 

@@ -1,75 +1,94 @@
-"""Checkpoints of :func:`d2l_utils.train.train_ch6`: written atomically, read safely.
+"""The package's one file format: every file d2l_utils writes with ``torch.save``.
 
-The format belongs to this module alone: :func:`pack` gathers a run's state, :func:`save_checkpoint`
-writes it, :func:`load_checkpoint` reads it, :func:`check_resumable` refuses a file written by a
-different run (before anything changes) and :func:`restore` puts the state back.
+A file holds a small header and the caller's state::
 
-A checkpoint is one file written with ``torch.save`` after every completed epoch.  It holds plain
-data only (tensors, numbers, strings, lists, dicts), so it is read back with
-``torch.load(..., weights_only=True)``, which cannot run code hidden in a file.
+    {"format": "d2l_utils", "version": 1, "kind": "model", "state": {...}}
+
+``kind`` says what the state is: ``"train_ch6"`` (a run of :func:`d2l_utils.train.train_ch6`,
+to resume), ``"model"`` (:func:`d2l_utils.predict.save_model`'s file, for ``d2l-predict``) or
+``"distributed"`` (a run of :mod:`d2l_utils.distributed`).  :func:`save_checkpoint` writes a file,
+:func:`load_checkpoint` is the one reader: it refuses anything but a file of this format, version
+and kind with the keys the caller needs, with one :class:`CheckpointError` line that names the
+file, what is wrong with it and what to do.
+
+The state holds plain data only (tensors, numbers, strings, lists, dicts), so a file is read with
+``torch.load(..., weights_only=True)``, which cannot run code hidden in a file from an untrusted
+source (a full unpickler runs whatever the file tells it to).
 
 Writing goes to a temporary file in the same folder, which is flushed to disk and read back
-before ``os.replace`` renames it over the old checkpoint.  A rename within one folder is atomic,
-so a crash, a full disk or an interrupt at any moment leaves either the old checkpoint or the new
-one, never half of one.
+before ``os.replace`` renames it over the old file.  A rename within one folder is atomic, so a
+crash, a full disk or an interrupt at any moment leaves either the old file or the new one, never
+half of one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
+import pickle
+import re
 import tempfile
-from collections.abc import Iterable
+import warnings
+import zipfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 __all__ = [
     "FORMAT",
+    "KINDS",
     "VERSION",
     "CheckpointError",
-    "check_resumable",
-    "get_rng_state",
     "load_checkpoint",
-    "pack",
-    "read_if_present",
-    "restore",
     "save_checkpoint",
-    "set_rng_state",
+    # train_ch6 resume, moving to d2l_utils.robust
 ]
 
-FORMAT = "d2l_utils.train_ch6 checkpoint"
+FORMAT = "d2l_utils"
 VERSION = 1
-# What every checkpoint of this format holds; train_ch6 checks the meaning of each.
-KEYS = frozenset(
-    {"format", "version", "epoch", "num_epochs", "profile", "lr", "model_class", "model",
-     "optimizer_class", "optimizer", "scheduler_class", "scheduler", "history", "examples_seen",
-     "rng", "loader"}
-)  # fmt: skip
-_START_OVER = "delete it to start over, or pass another checkpoint= path"
+# Each kind of file: what the messages call it, what it is, and what to do about a bad one.
+KINDS = {
+    "train_ch6": (
+        "checkpoint", "a train_ch6 checkpoint",
+        "delete it to start over, or pass another checkpoint= path",
+    ),
+    "model": (
+        "model file", "a model file (d2l_utils.predict.save_model)",
+        "pass a file written by d2l_utils.predict.save_model",
+    ),
+    "distributed": (
+        "checkpoint", "a d2l_utils.distributed checkpoint",
+        "delete it to start over, or pass another --checkpoint path",
+    ),
+}  # fmt: skip
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: truncated, corrupt, or written by another run."""
+    """A file that cannot be used: missing, truncated, corrupt, or of another format or kind."""
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically; the previous file survives any failure.
+def _check_kind(kind: str) -> tuple[str, str, str]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    return KINDS[kind]
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any], kind: str) -> Path:
+    """Write ``state`` as a file of ``kind`` atomically; the previous file survives any failure.
 
     The data go to a temporary file beside ``path`` (same file system, so the final rename is
     atomic), are flushed to disk and read back with ``weights_only=True`` (so a file that could
-    not be resumed from is never written), and only then replace ``path``.
+    not be loaded is never written), and only then replace ``path``.
     """
+    _check_kind(kind)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            torch.save({"format": FORMAT, "version": VERSION, "kind": kind, "state": state}, f)
             f.flush()
             os.fsync(f.fileno())
         torch.load(tmp, map_location="cpu", weights_only=True)
@@ -79,6 +98,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    return path
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -95,202 +115,72 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, onto the CPU).
-
-    Raises:
-        CheckpointError: naming the file, if it is a folder, cannot be unpickled safely, is
-            truncated or corrupt, or is not a checkpoint of this format and version.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint={str(path)!r} is a folder; expected a file path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason[:200]}); it is "
-            f"truncated, corrupt or not a train_ch6 checkpoint: {_START_OVER}"
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        what = "a dict without the format key" if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is not a train_ch6 checkpoint (it holds {what}; a model's "
-            f"state_dict alone cannot resume training): {_START_OVER}"
-        )
-    if state.get("version") != VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {state.get('version')!r}, this d2l_utils "
-            f"reads version {VERSION}: {_START_OVER}"
-        )
-    missing = sorted(KEYS - state.keys())
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: {_START_OVER}")
-    return state
-
-
-def get_rng_state() -> dict[str, Any]:
-    """The state of every global random number generator a training run may draw from.
-
-    torch's CPU generator (init, dropout, ``randperm``), the CUDA generators when CUDA is in use,
-    and Python's and NumPy's global generators (for ``augment`` functions that use them).
-    Everything is a tensor or a tuple of numbers, so it loads with ``weights_only=True``.
-    """
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-    }
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by :func:`get_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if (
-        state["cuda"]
-        and torch.cuda.is_available()
-        and torch.cuda.device_count() == len(state["cuda"])
-    ):
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def read_if_present(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if the file exists, else ``None`` (a run that starts afresh)."""
-    if path is None or not Path(path).exists():
-        return None
-    return load_checkpoint(path)  # a folder, a corrupt or foreign file: CheckpointError
-
-
-def _class_name(obj: object) -> str | None:
-    return type(obj).__qualname__ if obj is not None else None
-
-
-def pack(
-    *,
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    train_iter: Iterable,
-    history: dict[str, Any],
-    num_epochs: int,
-    lr: float,
-    examples_seen: int,
+def load_checkpoint(
+    path: str | os.PathLike[str], kind: str, required: Collection[str] = ()
 ) -> dict[str, Any]:
-    """Everything a run needs to continue after its last completed epoch, as plain data.
+    """The state of a file of ``kind`` written by :func:`save_checkpoint`, on the CPU.
 
-    ``history`` is the run's history as a dict (``dataclasses.asdict``); ``num_epochs`` the
-    epochs the run trains (after the profile's cap).  The training loader's shuffle state is
-    kept when the loader has ``state_dict`` (a :class:`~d2l_utils.data.BatchLoader`).
-    """
-    loader_state = getattr(train_iter, "state_dict", None)
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "epoch": history["num_epochs"],
-        "num_epochs": num_epochs,
-        "profile": history["profile"],
-        "lr": float(lr),
-        "model_class": type(net).__qualname__,
-        "model": net.state_dict(),
-        "optimizer_class": type(optimizer).__qualname__,
-        "optimizer": optimizer.state_dict(),
-        "scheduler_class": _class_name(scheduler),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "history": history,
-        "examples_seen": examples_seen,
-        "rng": get_rng_state(),
-        "loader": loader_state() if callable(loader_state) else None,
-    }
-
-
-_REFIT = "pass the settings it was written with, or delete it (or pass another checkpoint= path)"
-
-
-def check_resumable(
-    state: dict[str, Any], path: Path, net: nn.Module, profile: str, num_epochs: int, lr: float
-) -> None:
-    """Refuse a checkpoint written by a different run, before anything is changed.
+    Read with ``weights_only=True``: plain data only, so loading runs no code from the file.
 
     Raises:
-        CheckpointError: naming the file and the setting that differs (profile, ``lr``, more
-            completed epochs than ``num_epochs``, the model's class or parameter shapes).
+        CheckpointError: one line naming the file, what is wrong and what to do, if it is a
+            folder or missing, cannot be read (truncated, corrupt, not plain data), or is not a
+            file of this format, version and kind, or its state lacks a ``required`` key.
     """
-    where = f"checkpoint {path}"
-    if state["profile"] != profile:
-        raise CheckpointError(
-            f"{where} was written under profile {state['profile']}, this run uses {profile} "
-            "(the profiles train on different data; give each its own file, e.g. "
-            f"f'run-{{PROFILE.name}}.pt'); {_REFIT}"
-        )
-    if state["lr"] != float(lr):
-        raise CheckpointError(
-            f"{where} was written with lr={state['lr']}, this call has lr={lr}; {_REFIT}"
-        )
-    if state["epoch"] > num_epochs:
-        raise CheckpointError(
-            f"{where} holds {state['epoch']} completed epochs, more than the {num_epochs} this "
-            f"call trains; {_REFIT}"
-        )
-    if state["model_class"] != type(net).__qualname__:
-        raise CheckpointError(
-            f"{where} holds a {state['model_class']}, net is a {type(net).__qualname__}; {_REFIT}"
-        )
-    _check_shapes(state["model"], net, where)
-
-
-def _check_shapes(saved: dict[str, torch.Tensor], net: nn.Module, where: str) -> None:
-    ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in saved.items()}
-    if ours == theirs:
-        return
-    problems = [f"missing {k}" for k in ours if k not in theirs]
-    problems += [f"unexpected {k}" for k in theirs if k not in ours]
-    problems += [
-        f"{k} is {theirs[k]}, net has {ours[k]}"
-        for k in ours
-        if k in theirs and ours[k] != theirs[k]
-    ]
-    more = "; …" if len(problems) > 3 else ""
-    raise CheckpointError(f"{where} does not fit net ({'; '.join(problems[:3])}{more}); {_REFIT}")
-
-
-def restore(
-    state: dict[str, Any],
-    path: Path,
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    train_iter: Iterable,
-) -> tuple[dict[str, Any], int]:
-    """Load a checked checkpoint into a run: returns its history (a dict) and examples seen.
-
-    The random number generators are restored last, since loading the rest may draw from them.
-    """
-    net.load_state_dict(state["model"])
-    fix = "build the optimizer and scheduler as when it was written, or delete it"
-    ours = (type(optimizer).__qualname__, _class_name(scheduler))
-    if (state["optimizer_class"], state["scheduler_class"]) != ours:
-        raise CheckpointError(
-            f"checkpoint {path} was written with optimizer {state['optimizer_class']} and "
-            f"scheduler {state['scheduler_class']}, this call has {ours[0]} and {ours[1]}; {fix}"
-        )
+    noun, _, fix = _check_kind(kind)
+    path = Path(path)
+    where = f"{noun} {path}"
+    if path.is_dir():
+        raise CheckpointError(f"{where} is a folder; expected a file")
+    if not path.exists():
+        raise CheckpointError(f"{where} does not exist")
     try:
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+        with warnings.catch_warnings():  # torch warns about old pickles: the error says enough
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CheckpointError(f"{where} {_unreadable(path, exc)}; {fix}") from exc
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a d2l_utils file (it holds {_what(saved)}); {fix}")
+    if saved.get("version") != VERSION:
         raise CheckpointError(
-            f"checkpoint {path} does not fit the optimizer ({exc}); {fix}"
-        ) from exc
-    if state["loader"] is not None and hasattr(train_iter, "load_state_dict"):
-        train_iter.load_state_dict(state["loader"])  # the shuffle of the next epoch, exactly
-    set_rng_state(state["rng"])
-    return state["history"], int(state["examples_seen"])
+            f"{where} has format version {saved.get('version')!r}, this d2l_utils reads "
+            f"version {VERSION}; {fix}"
+        )
+    if saved.get("kind") != kind:
+        other = KINDS.get(saved.get("kind"), (None, f"of kind {saved.get('kind')!r}"))[1]
+        raise CheckpointError(f"{where} is {other}, not {KINDS[kind][1]}; {fix}")
+    state = saved.get("state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where} holds no state dict; {fix}")
+    missing = sorted(set(required) - state.keys())
+    if missing:
+        raise CheckpointError(f"{where} lacks {', '.join(missing)}; {fix}")
+    return state
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """What is wrong with a file ``torch.load`` refused, in a few words."""
+    if isinstance(exc, OSError):  # no permission, an I/O error: the file may be fine
+        return f"cannot be read ({exc.strerror or exc})"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        return "is not a file written by torch.save, or was cut short"
+    if isinstance(exc, pickle.UnpicklingError):  # weights_only met something else
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        return (
+            f"holds {unsafe[1] if unsafe else 'an object'}, which is not plain data (tensors, "
+            "numbers, strings, lists, dicts): not loaded, since unpickling it could run code"
+        )
+    # torch's messages run to paragraphs; their first sentence names the problem.
+    first = re.split(r"\.\s|\n", str(exc).strip(), maxsplit=1)[0]
+    return f"is damaged ({type(exc).__name__}: {first[:150]})"
+
+
+def _what(saved: object) -> str:
+    if not isinstance(saved, dict):
+        return f"a {type(saved).__name__}"
+    if "format" in saved:
+        return f"format {saved['format']!r}"
+    if saved and all(isinstance(v, torch.Tensor) for v in saved.values()):
+        return "a bare state_dict"
+    return "a dict without the d2l_utils header"

@@ -1,56 +1,74 @@
-"""Fashion-MNIST: find, download, check and read the IDX files; serve batches from memory.
+"""The data path and the run profiles that size it.
 
-Where the files are looked for, in order:
+``load_data`` returns the book's ``(train_iter, test_iter)`` for Fashion-MNIST.  How much of the
+dataset it serves, and at what image size, is set by the run profile:
 
-1. the ``root=`` argument of :func:`load_data`;
-2. the environment variable ``D2L_DATA_DIR``;
-3. the default cache folder, ``$XDG_CACHE_HOME/d2l_utils/fashion-mnist``
-   (``~/.cache/d2l_utils/fashion-mnist`` when ``XDG_CACHE_HOME`` is unset).
+Run profiles: one notebook, three compute budgets
+-------------------------------------------------
 
-In that folder the four Zalando files (``train-images-idx3-ubyte.gz`` …, gzipped or not) may lie
-directly, in ``fashion-mnist/``, or in torchvision's layout ``FashionMNIST/raw/``.  Missing files
-are downloaded into the folder and checked against the published MD5 sums before they are used
-(each arrives in a temporary file that is renamed only once its checksum matches, so a failed or
-interrupted download leaves nothing behind); without a network the error says where it looked
-and how to point ``D2L_DATA_DIR`` at a copy.  Every file's IDX header, size and labels are
-checked before use, so a truncated, corrupt or swapped file is reported by name, with the fix,
-instead of surfacing as a wrong-shaped tensor.  Bad arguments (``batch_size``, ``resize``,
-``root``, ``shuffle_seed``, the profile) are ``ValueError`` naming the argument; a data folder
-that is missing, not a folder or unreadable is a ``FileNotFoundError``
-(:class:`DatasetNotFoundError`).
+The course's notebooks use the book's settings (``lr, num_epochs, batch_size = 0.05, 10, 256``,
+``resize=96``) in their code.  Those settings take hours on a laptop CPU, so the environment
+variable ``D2L_PROFILE`` picks how much of that work is actually done:
+
+``full``
+    The book's settings, unchanged.  Default when a GPU (CUDA or Apple MPS) is present.
+``quick``
+    Default on a CPU.  A stratified 30,720 of the 60,000 training images (120 whole batches of
+    256, so no epoch ends with a small batch), all 10,000 test images, at most 4 epochs, images
+    resized to at most 32 px.  Notebooks that compare settings over several seeds pass a smaller
+    budget per run (``dataclasses.replace`` of this profile, in their settings cell), so that all
+    seven notebooks run in about 40 minutes on a 2-core CPU.
+``smoke``
+    For tests and CI.  The 2,000/1,000-image sample bundled with the package (no download), one
+    epoch, images resized to at most 32 px.  Each notebook executes in well under a minute.
+
+Whenever a profile changes what the code asked for, :func:`load_data` and
+:func:`d2l_utils.train_ch6` print one line that says exactly what changed.
+
+Batches
+-------
 
 The whole dataset is held as one ``uint8`` tensor (47 MB).  :class:`BatchLoader` builds each batch
 by indexing it, converting to float and, when asked, resizing the whole batch at once; it iterates
 like a ``DataLoader`` (``len``, ``batch_size``, ``dataset``) without worker processes or PIL.
+
+Finding, downloading, checking and parsing the files is in :mod:`d2l_utils.fashion_mnist`, which
+a learner can skip; its errors are re-exported here.  Bad arguments (``batch_size``, ``resize``,
+``root``, ``shuffle_seed``, the profile) are ``ValueError`` naming the argument, checked by the
+small functions at the end of this module, which :mod:`d2l_utils.train` uses too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import hashlib
+import dataclasses
 import math
+import numbers
 import os
-import struct
-import tempfile
-import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
-from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from d2l_utils.checks import integer, positive_int, size_pair
-from d2l_utils.profiles import Profile, get_profile
+from d2l_utils.device import num_gpus
+from d2l_utils.fashion_mnist import (
+    FILES,
+    ChecksumError,
+    DataAccessError,
+    DataFileError,
+    DataRootError,
+    DatasetNotFoundError,
+    FashionMNIST,
+    default_root,
+    load_split,
+    resolve_root,
+)
 
 __all__ = [
-    "FILES",
-    "MIRRORS",
+    "FILES",  # FILES and default_root live in fashion_mnist; kept importable from here for tests
+    "PROFILES",
+    "TEXT_LABELS",
     "BatchLoader",
     "ChecksumError",
     "DataAccessError",
@@ -58,14 +76,22 @@ __all__ = [
     "DataRootError",
     "DatasetNotFoundError",
     "FashionMNIST",
+    "Profile",
+    "capped_epochs",
+    "default_profile_name",
     "default_root",
-    "find_files",
     "get_fashion_mnist_labels",
+    "get_profile",
+    "integer",
     "load_data",
     "load_data_fashion_mnist",
     "load_sample",
-    "read_idx",
+    "num_batches",
+    "positive_int",
+    "positive_number",
     "resize_batch",
+    "size_pair",
+    "stratified_indices",
 ]
 
 TEXT_LABELS = (
@@ -82,301 +108,256 @@ TEXT_LABELS = (
 )
 
 
-@dataclass(frozen=True)
-class _FileSpec:
-    kind: str  # "images" or "labels"
-    count: int
-    md5: str  # of the published .gz archive
+# --- run profiles --------------------------------------------------------------------------------
 
 
-FILES: dict[str, _FileSpec] = {
-    "train-images-idx3-ubyte": _FileSpec("images", 60_000, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-    "train-labels-idx1-ubyte": _FileSpec("labels", 60_000, "25c81989df183df01b3e8a0aad5dffbe"),
-    "t10k-images-idx3-ubyte": _FileSpec("images", 10_000, "bef4ecab320f06d8554ea6380940ec79"),
-    "t10k-labels-idx1-ubyte": _FileSpec("labels", 10_000, "bb300cfdad3c16e7a12a480ee83cd310"),
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A compute budget.  ``None`` in a limit means "no limit"."""
+
+    name: str
+    train_limit: int | None  # training images kept (stratified subset)
+    test_limit: int | None  # test images kept (stratified subset)
+    max_epochs: int | None  # epochs actually run
+    max_resize: int | None  # largest image side in pixels
+    use_sample: bool  # read the bundled sample instead of the full dataset
+
+    def __str__(self) -> str:
+        if self.name == "full":
+            return "profile full: the book's settings, unchanged"
+        parts = []
+        if self.use_sample:
+            parts.append("the bundled 2,000/1,000-image sample")
+        if self.train_limit is not None:
+            parts.append(f"at most {self.train_limit:,} training images")
+        if self.test_limit is not None:
+            parts.append(f"at most {self.test_limit:,} test images")
+        if self.max_epochs is not None:
+            parts.append(f"at most {self.max_epochs} epoch{'s' if self.max_epochs > 1 else ''}")
+        if self.max_resize is not None:
+            parts.append(f"images at most {self.max_resize} px")
+        return f"profile {self.name}: " + ", ".join(parts)
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", None, None, None, None, use_sample=False),
+    "quick": Profile("quick", 30_720, None, 4, 32, use_sample=False),
+    "smoke": Profile("smoke", None, None, 1, 32, use_sample=True),
 }
-MIRRORS = (
-    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-)
-_IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
-_SUBDIRS = ("", "fashion-mnist", "FashionMNIST/raw")
-_FIX = (
-    "delete it and run again to re-download it, or set D2L_DATA_DIR to a folder that holds a good "
-    "copy of the Fashion-MNIST files"
-)
 
 
-class DataFileError(ValueError):
-    """A Fashion-MNIST file exists but is truncated, corrupt or of the wrong kind."""
+def default_profile_name() -> str:
+    """``full`` when a GPU (CUDA or MPS) is present, else ``quick``."""
+    return "full" if num_gpus() > 0 else "quick"
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """The Fashion-MNIST files are not on disk and could not be downloaded."""
+def get_profile(profile: str | Profile | None = None) -> Profile:
+    """Return the profile named by ``profile``, else by ``D2L_PROFILE``, else the default.
+
+    Raises:
+        ValueError: for a name that is not ``smoke``, ``quick`` or ``full``.
+    """
+    if isinstance(profile, Profile):
+        return profile
+    source, given = "profile", profile
+    if profile is None:
+        source, given = "D2L_PROFILE", os.environ.get("D2L_PROFILE", "")
+    name = given.strip().lower() or default_profile_name()  # unset or empty: the default
+    if name not in PROFILES:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"{source}={given!r} is not a known run profile; expected one of {known}")
+    return PROFILES[name]
 
 
-# The two below keep the OSError subclass Python itself would raise, and are FileNotFoundErrors
-# too, so one ``except FileNotFoundError`` catches every "the data is not there" case.
-class DataRootError(DatasetNotFoundError, NotADirectoryError):
-    """The data folder (``root=`` or ``D2L_DATA_DIR``) names a file, not a folder."""
+def capped_epochs(num_epochs: int, prof: Profile) -> int:
+    """The epochs to run: ``num_epochs`` (checked), at most the profile's, with one line if cut."""
+    num_epochs = positive_int(num_epochs, "num_epochs")
+    if prof.max_epochs is None or num_epochs <= prof.max_epochs:
+        return num_epochs
+    print(f"profile {prof.name}: {prof.max_epochs} of {num_epochs} epochs; set D2L_PROFILE=full "
+          "for the book's run")  # fmt: skip
+    return prof.max_epochs
 
 
-class DataAccessError(DatasetNotFoundError, PermissionError):
-    """The data folder or a data file exists but cannot be read (permissions)."""
+# --- load_data -----------------------------------------------------------------------------------
 
 
-def default_root() -> Path:
-    """The default data folder: ``$XDG_CACHE_HOME/d2l_utils/fashion-mnist``."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "d2l_utils" / "fashion-mnist"
+def load_data(
+    batch_size: int,
+    resize: int | tuple[int, int] | None = None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    profile: str | Profile | None = None,
+    shuffle_seed: int | None = None,
+    download: bool = True,
+) -> tuple[BatchLoader, BatchLoader]:
+    """Fashion-MNIST as ``(train_iter, test_iter)``, the book's ``load_data_fashion_mnist``.
 
+    Args:
+        batch_size: images per batch.
+        resize: output side ``s`` (or ``(h, w)``); ``None`` keeps 28x28.
+        root: data folder; else ``D2L_DATA_DIR``; else the default cache folder
+            (see :mod:`d2l_utils.fashion_mnist`).
+        profile: run profile name or object; else ``D2L_PROFILE``; else the device's default.
+            When it changes the request (subset, smaller images), one line says so.
+        shuffle_seed: seed of the training shuffle (``None``: from torch's global RNG).
+        download: fetch missing files from the public mirrors.
 
-def _resolve_root(root: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    Returns:
+        Two :class:`BatchLoader`; batches are ``(X, y)``, ``X`` float ``(B, 1, H, W)`` in [0, 1],
+        ``y`` int64 ``(B,)``.
+    """
+    batch_size = positive_int(batch_size, "batch_size")
+    size = size_pair(resize, "resize")
     if root is not None:
-        if not isinstance(root, str | os.PathLike) or not os.fspath(root):
-            raise ValueError(f"root must be a folder path (str or os.PathLike), got {root!r}")
-        return Path(root).expanduser(), "root="
-    env = os.environ.get("D2L_DATA_DIR", "").strip()
-    if env:
-        return Path(env).expanduser(), "D2L_DATA_DIR"
-    return default_root(), "the default cache folder"
+        resolve_root(root)  # a wrong type is reported even when the profile reads the sample
+    if shuffle_seed is not None:
+        shuffle_seed = integer(shuffle_seed, "shuffle_seed")
+    prof = get_profile(profile)
+    if prof.use_sample:
+        train, test = load_sample(train=True), load_sample(train=False)
+    else:
+        train = load_split(root, train=True, download=download)
+        test = load_split(root, train=False, download=download)
 
-
-def _check_root(root: Path, source: str) -> None:
-    if root.exists() and not root.is_dir():
-        raise DataRootError(
-            f"{source} points to {root}, which is a file; expected a folder holding the "
-            "Fashion-MNIST files (or nothing yet, to download them into)"
+    changes = []
+    if prof.use_sample:
+        changes.append(
+            f"the bundled sample: {len(train):,} of 60,000 training and {len(test):,} of 10,000 "
+            "test images"
         )
-    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
-        raise DataAccessError(
-            f"{source} points to {root}, which cannot be read (permission denied); make it "
-            "readable, or set D2L_DATA_DIR to a folder you can read"
-        )
-
-
-def find_files(root: Path) -> dict[str, Path]:
-    """Map each of the four file stems to the first existing file under ``root``.
-
-    Looks in ``root``, ``root/fashion-mnist`` and ``root/FashionMNIST/raw``, for the gzipped
-    (``.gz``) and then the plain file.  Stems with no file are left out.
-    """
-    found: dict[str, Path] = {}
-    for stem in FILES:
-        for sub in _SUBDIRS:
-            for name in (stem + ".gz", stem):
-                path = root / sub / name
-                if path.is_file():
-                    found[stem] = path
-                    break
-            if stem in found:
-                break
-    return found
-
-
-class ChecksumError(DataFileError):
-    """A download whose bytes do not match the published checksum (it was not kept)."""
-
-
-def _fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
-    """Download ``url`` to ``dest`` only if its MD5 is ``md5``.
-
-    The bytes go to a temporary file beside ``dest`` while their checksum is computed; the file
-    is renamed to ``dest`` after the checksum matched, and deleted in every other case (a bad
-    checksum, a dropped connection, an interrupt), so ``dest`` never holds unverified data.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        request = Request(url, headers={"User-Agent": "d2l_utils"})
-        with os.fdopen(fd, "wb") as f, urlopen(request, timeout=timeout) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                f.write(chunk)
-        if digest.hexdigest() != md5:
-            raise ChecksumError(
-                f"{url} sent data with MD5 {digest.hexdigest()}, not the published {md5}; "
-                "it was not kept"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _download(root: Path, stems: Sequence[str]) -> list[str]:
-    """Download ``stems`` into ``root``; returns the error messages (empty on success)."""
-    errors: list[str] = []
-    for stem in stems:
-        spec, name = FILES[stem], stem + ".gz"
-        for mirror in MIRRORS:
-            print(f"downloading {name} from {urlsplit(mirror).netloc} ...", flush=True)
-            try:
-                _fetch(mirror + name, root / name, spec.md5)
-                break
-            except Exception as exc:  # noqa: BLE001 - any failure means: try the next mirror
-                errors.append(f"{mirror}{name}: {type(exc).__name__}: {exc}")
-        else:
-            return errors
-    return []
-
-
-def _locate(root: str | os.PathLike[str] | None, download: bool) -> dict[str, Path]:
-    base, source = _resolve_root(root)
-    _check_root(base, source)
-    found = find_files(base) if base.is_dir() else {}
-    missing = [stem for stem in FILES if stem not in found]
-    if not missing:
-        return found
-    errors: list[str] = []
-    if download:
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            errors = _download(base, missing)
-        except OSError as exc:
-            errors = [f"{type(exc).__name__}: {exc}"]
-        found = find_files(base)
-        missing = [stem for stem in FILES if stem not in found]
-        if not missing:
-            return found
-    looked = ", ".join(str(base / sub) if sub else str(base) for sub in _SUBDIRS)
-    why = f" The download failed ({errors[-1]})." if errors else ""
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST files missing: {', '.join(s + '.gz' for s in missing)}. Looked in {looked} "
-        f"(chosen by {source}).{why} Put the four files (gzipped or not) in one of these folders, "
-        "or set D2L_DATA_DIR to a folder that holds them, e.g. "
-        "`export D2L_DATA_DIR=/path/to/fashion-mnist`."
+    if prof.train_limit is not None and prof.train_limit < len(train):
+        changes.append(f"{prof.train_limit:,} of {len(train):,} training images")
+        train = train.subset(stratified_indices(train.labels, prof.train_limit))
+    if prof.test_limit is not None and prof.test_limit < len(test):
+        changes.append(f"{prof.test_limit:,} of {len(test):,} test images")
+        test = test.subset(stratified_indices(test.labels, prof.test_limit))
+    if size is not None and prof.max_resize is not None and max(size) > prof.max_resize:
+        scale = prof.max_resize / max(size)
+        new = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        changes.append(f"{_px(new)} instead of {_px(size)}")
+        size = new
+    if changes:
+        print(f"profile {prof.name}: {', '.join(changes)}; set D2L_PROFILE=full for the book's run")
+    return (
+        BatchLoader(train, batch_size, shuffle=True, resize=size, seed=shuffle_seed),
+        BatchLoader(test, batch_size, shuffle=False, resize=size),
     )
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when they are gzip data (whatever the file is called)."""
-    try:
-        data = path.read_bytes()
-    except PermissionError as exc:
-        raise DataAccessError(
-            f"{path} cannot be read (permission denied); make it readable, or {_FIX}"
-        ) from exc
-    except OSError as exc:
-        raise DataFileError(f"{path} cannot be read ({exc}); {_FIX}") from exc
-    if data[:2] != b"\x1f\x8b":  # not gzip: a plain IDX file, or something else read_idx reports
-        return data
-    try:
-        return gzip.decompress(data)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise DataFileError(f"{path} is truncated or corrupt gzip data ({exc}); {_FIX}") from exc
+def _px(size: tuple[int, int]) -> str:
+    return f"{size[0]} px" if size[0] == size[1] else f"{size[0]}x{size[1]} px"
 
 
-def read_idx(path: str | os.PathLike[str], kind: str, count: int | None = None) -> np.ndarray:
-    """Read one IDX file (gzipped or not) after checking its header, size and values.
-
-    Args:
-        path: the file.
-        kind: ``"images"`` (expects ``(count, 28, 28)`` uint8) or ``"labels"`` (``(count,)``,
-            values 0..9).
-        count: the expected number of items, or ``None`` to accept any.
-
-    Returns:
-        A read-only uint8 array of shape ``(N, 28, 28)`` or ``(N,)``.
-
-    Raises:
-        DataFileError: naming the file, if anything does not match.
-    """
-    if kind not in _IDX_MAGIC:
-        raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
-    path = Path(path)
-    data = _read_bytes(path)
-    ndim = 3 if kind == "images" else 1
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataFileError(f"{path} is truncated ({len(data)} bytes, no IDX header); {_FIX}")
-    magic, *dims = struct.unpack(f">{1 + ndim}I", data[:header])
-    if magic != _IDX_MAGIC[kind]:
-        other = {v: k for k, v in _IDX_MAGIC.items()}.get(magic)
-        if other:
-            what = f"holds {other}"
-        elif data.lstrip()[:1] == b"<":
-            what = "holds text (an HTML or XML page?)"
-        else:
-            what = f"has magic number {magic:#010x}"
-        raise DataFileError(
-            f"{path} {what}, expected an IDX file of {kind} "
-            f"(magic {_IDX_MAGIC[kind]:#010x}); {_FIX}"
-        )
-    if kind == "images" and dims[1:] != [28, 28]:
-        raise DataFileError(f"{path} holds {dims[1]}x{dims[2]} images, expected 28x28; {_FIX}")
-    if count is not None and dims[0] != count:
-        raise DataFileError(f"{path} holds {dims[0]:,} {kind}, expected {count:,}; {_FIX}")
-    expected = header + math.prod(dims)
-    if len(data) != expected:
-        state = "truncated" if len(data) < expected else "longer than its header says"
-        raise DataFileError(
-            f"{path} is {state}: {len(data):,} bytes, expected {expected:,}; {_FIX}"
-        )
-    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-    if kind == "labels" and array.size and int(array.max()) > 9:
-        raise DataFileError(f"{path} holds label {int(array.max())}, expected 0..9; {_FIX}")
-    return array
+load_data_fashion_mnist = load_data
 
 
-_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+# --- batches -------------------------------------------------------------------------------------
 
 
-def _read_cached(path: Path, stem: str) -> np.ndarray:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _CACHE:
-        spec = FILES[stem]
-        _CACHE[key] = read_idx(path, spec.kind, spec.count)
-    return _CACHE[key]
+class BatchLoader:
+    """Iterate over a :class:`FashionMNIST` in batches of ``(X, y)``, like a ``DataLoader``.
 
+    ``X`` is float32 ``(B, 1, H, W)`` in [0, 1] and ``y`` int64 ``(B,)``.  Shuffling draws a new
+    permutation each epoch from a generator seeded with ``seed`` (drawn from torch's global RNG
+    when ``None``, so ``torch.manual_seed`` makes it repeatable); :meth:`manual_seed` restarts
+    that sequence.  :meth:`to` moves the uint8 store to a device once, so batches are then built
+    there.
 
-class FashionMNIST(torch.utils.data.Dataset):
-    """Fashion-MNIST held in memory.
-
-    Attributes:
-        images: uint8 tensor ``(N, 28, 28)``.
-        labels: int64 tensor ``(N,)`` with values 0..9.
-        indices: int64 tensor ``(N,)``, each image's index in the full 60,000/10,000 split.
-        train: whether this is (part of) the training split.
+    An epoch is :meth:`order` cut into runs of ``batch_size`` positions, each turned into a batch
+    by :meth:`batch`; code that serves the batches differently (one slice per process in
+    :mod:`d2l_utils.distributed`) uses the same two methods, and so the same images in the same
+    order.
     """
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, train: bool
+        self,
+        dataset: FashionMNIST,
+        batch_size: int,
+        shuffle: bool = False,
+        resize: tuple[int, int] | None = None,
+        seed: int | None = None,
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 3 or labels.shape != images.shape[:1]:
-            raise ValueError("expected uint8 images (N, 28, 28) and labels (N,)")
-        self.images, self.labels, self.indices, self.train = images, labels.long(), indices, train
+        self.dataset, self.shuffle = dataset, shuffle
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.resize = size_pair(resize, "resize")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = integer(seed, "seed")
+        self.generator = torch.Generator().manual_seed(seed)
+        self._images, self._labels = dataset.images, dataset.labels
+
+    def to(self, device: torch.device | str) -> BatchLoader:
+        """Keep the uint8 images on ``device`` (once), so batches are built there; returns self."""
+        device = torch.device(device)
+        if self._images.device != device:
+            self._images = self.dataset.images.to(device)
+            self._labels = self.dataset.labels.to(device)
+        return self
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return math.ceil(len(self._labels) / self.batch_size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """Image ``i`` as float ``(1, 28, 28)`` in [0, 1] (as ``ToTensor``) and its label."""
-        return self.images[i].unsqueeze(0).float().div_(255), int(self.labels[i])
+    def manual_seed(self, seed: int | None = None) -> BatchLoader:
+        """Restart the shuffle sequence from ``seed`` (default: the loader's own); returns self."""
+        self.seed = self.seed if seed is None else integer(seed, "seed")
+        self.generator.manual_seed(self.seed)
+        return self
 
-    def subset(self, keep: torch.Tensor) -> FashionMNIST:
-        """The images at positions ``keep``."""
-        return FashionMNIST(self.images[keep], self.labels[keep], self.indices[keep], self.train)
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shuffling generator's state (saved in checkpoints to resume exactly)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def order(self) -> torch.Tensor:
+        """One epoch's dataset positions, on the CPU, in the order they are served.
+
+        When shuffling this is a new permutation, drawn now from the loader's generator (one
+        draw per epoch, so calling it starts the next epoch's order); else ``0, 1, …, N-1``,
+        drawing nothing.
+        """
+        n = len(self._labels)
+        if self.shuffle:
+            return torch.randperm(n, generator=self.generator)
+        return torch.arange(n)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X, y)`` for the images at dataset positions ``indices``, built where :meth:`to` put
+        the store: ``X`` resized as the loader says, ``y`` the labels."""
+        indices = indices.to(self._images.device)
+        return resize_batch(self._images[indices], self.resize), self._labels[indices]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order().to(self._images.device)  # moved once, not once per batch
+        for start in range(0, len(order), self.batch_size):
+            yield self.batch(order[start : start + self.batch_size])
 
     def __repr__(self) -> str:
-        split = "train" if self.train else "test"
-        return f"FashionMNIST({split}, {len(self):,} images)"
+        size = "28x28" if self.resize is None else "x".join(map(str, self.resize))
+        return (
+            f"BatchLoader({self.dataset!r}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, images {size})"
+        )
 
 
-def _full_split(root: str | os.PathLike[str] | None, train: bool, download: bool) -> FashionMNIST:
-    files = _locate(root, download)
-    prefix = "train" if train else "t10k"
-    images = _read_cached(files[f"{prefix}-images-idx3-ubyte"], f"{prefix}-images-idx3-ubyte")
-    labels = _read_cached(files[f"{prefix}-labels-idx1-ubyte"], f"{prefix}-labels-idx1-ubyte")
-    n = len(labels)
-    # torch.from_numpy needs a writable array; copy once (47 MB) so the cache stays read-only.
-    return FashionMNIST(
-        torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)),
-        torch.arange(n), train,
-    )  # fmt: skip
+def resize_batch(images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """uint8 images ``(B, H, W)`` to float ``(B, 1, h, w)`` in [0, 1], as ``Resize`` + ``ToTensor``.
 
+    torchvision's ``Resize`` on a PIL image interpolates bilinearly with antialiasing and rounds
+    back to uint8 before ``ToTensor`` divides by 255.  Doing the same on the whole batch at once
+    gives each pixel within 1/255 of the PIL result (PIL's fixed-point arithmetic rounds a few
+    pixels the other way; ``tests/test_fastpath.py`` pins that bound).
+    """
+    x = images.unsqueeze(1)
+    if size is None or tuple(size) == tuple(x.shape[-2:]):
+        return x.float().div_(255)
+    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).div_(255)
+
+
+# --- the bundled sample, subsets and class names -------------------------------------------------
 
 SAMPLE_FILE = "fashion_mnist_sample.npz"
 
@@ -412,169 +393,60 @@ def stratified_indices(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Ten
     return torch.cat(keep).sort().values
 
 
-def resize_batch(images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """uint8 images ``(B, H, W)`` to float ``(B, 1, h, w)`` in [0, 1], as ``Resize`` + ``ToTensor``.
-
-    torchvision's ``Resize`` on a PIL image interpolates bilinearly with antialiasing and rounds
-    back to uint8 before ``ToTensor`` divides by 255.  Doing the same on the whole batch at once
-    gives each pixel within 1/255 of the PIL result (PIL's fixed-point arithmetic rounds a few
-    pixels the other way; ``tests/test_fastpath.py`` pins that bound).
-    """
-    x = images.unsqueeze(1)
-    if size is None or tuple(size) == tuple(x.shape[-2:]):
-        return x.float().div_(255)
-    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.round_().clamp_(0, 255).div_(255)
-
-
-class BatchLoader:
-    """Iterate over a :class:`FashionMNIST` in batches of ``(X, y)``, like a ``DataLoader``.
-
-    ``X`` is float32 ``(B, 1, H, W)`` in [0, 1] and ``y`` int64 ``(B,)``.  Shuffling draws a new
-    permutation each epoch from a generator seeded with ``seed`` (drawn from torch's global RNG
-    when ``None``, so ``torch.manual_seed`` makes it repeatable); :meth:`manual_seed` restarts
-    that sequence.  :meth:`to` moves the uint8 store to a device once, so batches are then built
-    there.
-    """
-
-    def __init__(
-        self,
-        dataset: FashionMNIST,
-        batch_size: int,
-        shuffle: bool = False,
-        resize: tuple[int, int] | None = None,
-        seed: int | None = None,
-    ) -> None:
-        self.dataset, self.shuffle = dataset, shuffle
-        self.batch_size = positive_int(batch_size, "batch_size")
-        self.resize = size_pair(resize, "resize")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = integer(seed, "seed")
-        self.generator = torch.Generator().manual_seed(seed)
-        self._images, self._labels = dataset.images, dataset.labels
-
-    @property
-    def device(self) -> torch.device:
-        """Where the batches are built."""
-        return self._images.device
-
-    def to(self, device: torch.device | str) -> BatchLoader:
-        """Keep the uint8 images on ``device`` (once), so batches are built there; returns self."""
-        device = torch.device(device)
-        if self._images.device != device:
-            self._images = self.dataset.images.to(device)
-            self._labels = self.dataset.labels.to(device)
-        return self
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
-
-    def manual_seed(self, seed: int | None = None) -> BatchLoader:
-        """Restart the shuffle sequence from ``seed`` (default: the loader's own); returns self."""
-        self.seed = self.seed if seed is None else integer(seed, "seed")
-        self.generator.manual_seed(self.seed)
-        return self
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The shuffling generator's state (saved in checkpoints to resume exactly)."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self._images.device)
-        else:
-            order = None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                images = self._images[start : start + self.batch_size]
-                labels = self._labels[start : start + self.batch_size]
-            else:
-                idx = order[start : start + self.batch_size]
-                images, labels = self._images[idx], self._labels[idx]
-            yield resize_batch(images, self.resize), labels
-
-    def __repr__(self) -> str:
-        size = "28x28" if self.resize is None else "x".join(map(str, self.resize))
-        return (
-            f"BatchLoader({self.dataset!r}, batch_size={self.batch_size}, "
-            f"shuffle={self.shuffle}, images {size})"
-        )
-
-
-def load_data(
-    batch_size: int,
-    resize: int | tuple[int, int] | None = None,
-    *,
-    root: str | os.PathLike[str] | None = None,
-    profile: str | Profile | None = None,
-    shuffle_seed: int | None = None,
-    download: bool = True,
-) -> tuple[BatchLoader, BatchLoader]:
-    """Fashion-MNIST as ``(train_iter, test_iter)``, the book's ``load_data_fashion_mnist``.
-
-    Args:
-        batch_size: images per batch.
-        resize: output side ``s`` (or ``(h, w)``); ``None`` keeps 28x28.
-        root: data folder; else ``D2L_DATA_DIR``; else :func:`default_root`.
-        profile: run profile name or object; else ``D2L_PROFILE``; else the device's default.
-            When it changes the request (subset, smaller images), one line says so.
-        shuffle_seed: seed of the training shuffle (``None``: from torch's global RNG).
-        download: fetch missing files from the public mirrors.
-
-    Returns:
-        Two :class:`BatchLoader`; batches are ``(X, y)``, ``X`` float ``(B, 1, H, W)`` in [0, 1],
-        ``y`` int64 ``(B,)``.
-    """
-    batch_size = positive_int(batch_size, "batch_size")
-    size = size_pair(resize, "resize")
-    if root is not None:
-        _resolve_root(root)  # a wrong type is reported even when the profile reads the sample
-    if shuffle_seed is not None:
-        shuffle_seed = integer(shuffle_seed, "shuffle_seed")
-    prof = get_profile(profile)
-    if prof.use_sample:
-        train, test = load_sample(train=True), load_sample(train=False)
-    else:
-        train = _full_split(root, train=True, download=download)
-        test = _full_split(root, train=False, download=download)
-
-    changes = []
-    if prof.use_sample:
-        changes.append(
-            f"the bundled sample: {len(train):,} of 60,000 training and {len(test):,} of 10,000 "
-            "test images"
-        )
-    if prof.train_limit is not None and prof.train_limit < len(train):
-        changes.append(f"{prof.train_limit:,} of {len(train):,} training images")
-        train = train.subset(stratified_indices(train.labels, prof.train_limit))
-    if prof.test_limit is not None and prof.test_limit < len(test):
-        changes.append(f"{prof.test_limit:,} of {len(test):,} test images")
-        test = test.subset(stratified_indices(test.labels, prof.test_limit))
-    if size is not None and prof.max_resize is not None and max(size) > prof.max_resize:
-        scale = prof.max_resize / max(size)
-        new = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-        changes.append(f"{_px(new)} instead of {_px(size)}")
-        size = new
-    if changes:
-        print(f"profile {prof.name}: {', '.join(changes)}; set D2L_PROFILE=full for the book's run")
-    return (
-        BatchLoader(train, batch_size, shuffle=True, resize=size, seed=shuffle_seed),
-        BatchLoader(test, batch_size, shuffle=False, resize=size),
-    )
-
-
-def _px(size: tuple[int, int]) -> str:
-    return f"{size[0]} px" if size[0] == size[1] else f"{size[0]}x{size[1]} px"
-
-
-load_data_fashion_mnist = load_data
-
-
 def get_fashion_mnist_labels(labels: Sequence[int] | torch.Tensor) -> list[str]:
     """Class names for numeric labels (0 = 't-shirt' … 9 = 'ankle boot')."""
     return [TEXT_LABELS[int(i)] for i in labels]
+
+
+# --- argument checks (also used by d2l_utils.train) ----------------------------------------------
+# Each returns the value in its plain Python type or raises a ValueError that names the argument
+# and shows what was given, so a typo is reported before any work starts.
+
+
+def _is_int(value: object) -> bool:
+    # bool is an Integral too, but num_epochs=True is a mistake, not 1.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def integer(value: object, name: str) -> int:
+    """``value`` as an ``int`` (NumPy integers accepted)."""
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` as an ``int`` of at least 1."""
+    if not _is_int(value) or value < 1:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def positive_number(value: object, name: str) -> float:
+    """``value`` as a positive, finite ``float`` (a learning rate)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value > 0):  # type: ignore[arg-type, operator]
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def size_pair(value: object, name: str) -> tuple[int, int] | None:
+    """An image size ``s`` or ``(h, w)`` as ``(h, w)``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    pair = (value, value) if _is_int(value) else value
+    if (
+        isinstance(pair, Sequence) and len(pair) == 2 and all(_is_int(v) and v > 0 for v in pair)  # type: ignore[operator]
+    ):
+        return (int(pair[0]), int(pair[1]))
+    raise ValueError(f"{name} must be a positive int or a pair (height, width), got {value!r}")
+
+
+def num_batches(data_iter: Iterable, name: str) -> int:
+    """The number of batches of a loader, which must have a length and at least one batch."""
+    if not hasattr(data_iter, "__len__"):
+        what = type(data_iter).__name__
+        raise TypeError(f"{name} must have a length (a DataLoader or a BatchLoader), got {what}")
+    if len(data_iter) < 1:  # type: ignore[arg-type]
+        raise ValueError(f"{name} is empty (0 batches); expected a loader with at least one batch")
+    return len(data_iter)  # type: ignore[arg-type]

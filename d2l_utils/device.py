@@ -1,8 +1,10 @@
-"""Devices: pick a GPU when there is one, fall back to the CPU, never raise."""
+"""Where and how a net runs: pick a GPU when there is one (else the CPU, never raising), its
+mixed precision and memory layout, eval mode for a block of code, and whether this is Jupyter."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -12,8 +14,10 @@ __all__ = [
     "autocast",
     "cpu",
     "device_of",
+    "eval_mode",
     "grad_scaler",
     "in_layout",
+    "in_notebook",
     "num_gpus",
     "prefers_channels_last",
     "try_all_gpus",
@@ -71,6 +75,31 @@ def prefers_channels_last(net: nn.Module) -> bool:
         isinstance(m, nn.Conv2d) and m.out_channels >= CHANNELS_LAST_MIN_WIDTH
         for m in net.modules()
     )
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Put ``net`` in eval mode for the ``with`` block and give it back in the mode it was in.
+
+    The ``finally`` matters: an exception or the stop button inside the block must not leave a
+    net that was training in eval mode (its batch norms would stop updating their statistics).
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+def in_notebook() -> bool:
+    """Whether code runs in a Jupyter kernel (where figures can be shown and updated)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def device_of(net: nn.Module) -> torch.device:

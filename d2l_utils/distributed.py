@@ -15,15 +15,18 @@ averages the gradients over the ranks during the backward pass (an all-reduce), 
 takes the same optimizer step and the weights stay identical everywhere.  The backend is NCCL on
 CUDA and Gloo on CPUs.
 
-``--sync-bn`` swaps every batch norm for :func:`d2l_utils.batchnorm.convert_sync_batchnorm`'s
-synchronized one, which normalizes with the statistics of the global batch.
+``--sync-bn`` swaps every batch norm for the synchronized one of
+:func:`d2l_utils.models.batchnorm.convert_sync_batchnorm`, which normalizes with the statistics
+of the global batch.
 
-Rank 0 writes an atomic checkpoint (``--checkpoint``) after every epoch and every
-``--checkpoint-every`` steps; a restarted job (``torchrun --max-restarts=N``) resumes from it,
-down to the position in the epoch, and ends with the same weights as a run that was never
-interrupted.  For tests, ``D2L_FAULT=RANK:EPOCH:STEP`` makes that rank exit before that step
-(1-based epoch, 0-based step) in the first attempt only.  Rank 0 writes the results as JSON
-(``--out``) and the final weights (``--weights``).
+Rank 0 writes a checkpoint (``--checkpoint``, the package's one file format, kind
+``"distributed"``, written atomically) after every epoch and every ``--checkpoint-every`` steps;
+a restarted job (``torchrun --max-restarts=N``) resumes from it, down to the position in the
+epoch, and ends with the same weights as a run that was never interrupted.  For tests,
+``D2L_FAULT=RANK:EPOCH:STEP`` makes that rank exit before that step (1-based epoch, 0-based step)
+in the first attempt only.  Rank 0 writes the results as JSON (``--out``) and the final weights
+(``--weights``).  A checkpoint file that cannot be used ends the script with one line naming it,
+before any work.
 """
 
 from __future__ import annotations
@@ -46,26 +49,33 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from d2l_utils.batchnorm import convert_sync_batchnorm
-from d2l_utils.checkpoint import CheckpointError, save_checkpoint
-from d2l_utils.cifar_resnet import CifarResNet
-from d2l_utils.data import BatchLoader, load_data, resize_batch, stratified_indices
-from d2l_utils.profiles import get_profile
-from d2l_utils.resnet import resnet18
+from d2l_utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from d2l_utils.data import (
+    BatchLoader,
+    capped_epochs,
+    get_profile,
+    load_data,
+    stratified_indices,
+)
+from d2l_utils.models import get_model
+from d2l_utils.models.batchnorm import convert_sync_batchnorm
+from d2l_utils.train import train_step
 
 __all__ = [
-    "FORMAT",
     "ShardedLoader",
     "Trainer",
-    "build_model",
     "init_distributed",
     "load_state",
     "main",
+    "make_model",
     "parse_args",
 ]
 
-FORMAT = "d2l_utils.distributed checkpoint"
-VERSION = 1
+# What a checkpoint's state holds.
+STATE_KEYS = (
+    "world_size", "settings", "epoch", "step", "steps_done", "epoch_rng", "partial", "history",
+    "model", "optimizer",
+)  # fmt: skip
 # Settings a resumed run must share with the run that wrote the checkpoint.
 SAME_ON_RESUME = (
     "model", "batch_size", "sync_bn", "lr", "momentum", "weight_decay", "seed", "dtype"
@@ -95,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.model is None:
         args.model = "resnet18" if get_profile().name == "full" else "resnet20"
+    try:
+        with torch.device("meta"):  # checks the name only: no memory, no initialisation
+            make_model(args.model, sync_bn=False)
+    except (ValueError, TypeError) as exc:
+        p.error(f"--model {args.model}: {exc}")
     return args
 
 
@@ -150,47 +165,37 @@ class ShardedLoader:
 
     def epoch(self, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """One epoch (draws its permutation now), leaving out the first ``skip`` batches."""
-        data, size = self.loader.dataset, self.loader.batch_size
-        n = len(data)
-        if self.loader.shuffle:
-            order = torch.randperm(n, generator=self.loader.generator)
-        else:
-            order = torch.arange(n)
-        for start in range(skip * size, n, size):
+        order, size = self.loader.order(), self.loader.batch_size  # the single process's order
+        for start in range(skip * size, len(order), size):
             batch = order[start : start + size]
-            mine = batch.tensor_split(self.world_size)[self.rank]
-            yield resize_batch(data.images[mine], self.loader.resize), data.labels[mine], len(batch)
+            X, y = self.loader.batch(batch.tensor_split(self.world_size)[self.rank])
+            yield X, y, len(batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         return self.epoch()
 
 
-def build_model(name: str, sync_bn: bool) -> nn.Module:
-    """``resnet18`` (torchvision's shape) or ``resnetN`` (CIFAR-style, ``N = 6n + 2``)."""
-    if name == "resnet18":
-        net = resnet18(num_classes=10, in_channels=1)
-    elif name.startswith("resnet") and name[6:].isdigit():
-        net = CifarResNet(depth=int(name[6:]), num_classes=10, in_channels=1)
-    else:
-        raise ValueError(f"--model must be resnet18 or resnetN with N = 6n + 2, got {name!r}")
+def make_model(name: str, sync_bn: bool) -> nn.Module:
+    """:func:`~d2l_utils.models.get_model`'s ``name`` for Fashion-MNIST (1 channel, 10 classes).
+
+    E.g. ``resnet18`` (torchvision's shape) or ``resnetN`` (CIFAR-style, ``N = 6n + 2``);
+    ``sync_bn`` swaps its batch norms for ones synchronized over the process group.
+    """
+    net = get_model(name, num_classes=10, in_channels=1)
     if sync_bn:
         net = convert_sync_batchnorm(net, dist.group.WORLD)
     return net
 
 
-def load_state(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` (``None`` if there is none), checked to be of this format."""
-    if not path.exists():
+def load_state(path: Path | None) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or ``None`` where there is none (a run that starts afresh).
+
+    Raises:
+        CheckpointError: naming the file, if it is not a checkpoint of this script.
+    """
+    if path is None or not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} was not written by d2l_utils.distributed")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {state.get('version')!r}")
-    return state
+    return load_checkpoint(path, "distributed", required=STATE_KEYS)
 
 
 def _check_resume(state: dict[str, Any], args: argparse.Namespace, world_size: int) -> None:
@@ -204,7 +209,7 @@ def _check_resume(state: dict[str, Any], args: argparse.Namespace, world_size: i
             "(times the nodes), or delete the checkpoint to start over."
         )
     for key in SAME_ON_RESUME:
-        if state["settings"][key] != getattr(args, key):
+        if state["settings"].get(key) != getattr(args, key):
             raise CheckpointError(
                 f"checkpoint {path} was written with --{key.replace('_', '-')}="
                 f"{state['settings'][key]}, this run has {getattr(args, key)}; use the same "
@@ -238,7 +243,7 @@ class Trainer:
         self.train_iter, self.test_iter = self._data()
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         self.dtype = getattr(torch, args.dtype)
-        net = build_model(args.model, args.sync_bn).to(device, self.dtype)
+        net = make_model(args.model, args.sync_bn).to(device, self.dtype)
         self.net = net
         self.ddp = DistributedDataParallel(
             net, device_ids=[device] if device.type == "cuda" else None
@@ -274,14 +279,8 @@ class Trainer:
             test, self.rank, self.world
         )
 
-    def resume(self) -> None:
-        """Continue from ``--checkpoint`` if it exists (every rank reads the same file)."""
-        if self.args.checkpoint is None:
-            return
-        state = load_state(self.args.checkpoint)
-        if state is None:
-            return
-        _check_resume(state, self.args, self.world)
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's ``state``, checked by :func:`_check_resume`."""
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.steps_done = state["epoch"], state["step"], state["steps_done"]
@@ -301,26 +300,27 @@ class Trainer:
             return
         settings = {key: getattr(self.args, key) for key in SAME_ON_RESUME}
         state = {
-            "format": FORMAT, "version": VERSION, "world_size": self.world, "settings": settings,
-            "epoch": self.epoch, "step": self.step, "steps_done": self.steps_done,
-            "epoch_rng": self.epoch_rng, "partial": totals, "history": self.history,
+            "world_size": self.world, "settings": settings, "epoch": self.epoch,
+            "step": self.step, "steps_done": self.steps_done, "epoch_rng": self.epoch_rng,
+            "partial": totals, "history": self.history,
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
         }  # fmt: skip
-        save_checkpoint(self.args.checkpoint, state)
+        save_checkpoint(self.args.checkpoint, state, "distributed")
 
-    def train_step(self, X: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    def train_batch(self, X: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
         """One SGD step on this rank's slice of a global batch of ``n``; returns its metrics."""
         X, y = X.to(self.device, self.dtype), y.to(self.device)
-        logits = self.ddp(X)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        self.optimizer.zero_grad(set_to_none=True)
-        # DDP averages the ranks' gradients (divides by the world size), so scaling each rank's
-        # sum by world / n makes the update the gradient of the mean loss over the global batch,
-        # even when the last batch splits unevenly.
-        (loss_sum * (self.world / n)).backward()
-        self.optimizer.step()
+        # train_ch6's step with another loss: DDP averages the ranks' gradients (divides by the
+        # world size), so scaling each rank's sum by world / n makes the update the gradient of
+        # the mean loss over the global batch, even when the last batch splits unevenly.
+        scale = self.world / n
+
+        def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, y, reduction="sum") * scale
+
+        loss, logits = train_step(self.ddp, X, y, loss_fn, self.optimizer)
         correct = (logits.argmax(dim=1) == y).sum()
-        return torch.stack([loss_sum.detach().double(), correct.double(), torch.tensor(len(y))])
+        return torch.stack([loss.double() / scale, correct.double(), torch.tensor(len(y))])
 
     def run_epoch(self) -> bool:
         """Train the rest of the current epoch; ``False`` if ``--max-steps`` stopped it early."""
@@ -332,7 +332,7 @@ class Trainer:
         start = time.perf_counter()
         for X, y, n in self.train_iter.epoch(skip=self.step):
             self.fault.check(self.epoch, self.step)
-            totals += self.train_step(X, y, n).cpu()
+            totals += self.train_batch(X, y, n).cpu()
             self.step, self.steps_done, seen = self.step + 1, self.steps_done + 1, seen + len(y)
             if max_steps is not None and self.steps_done >= max_steps:
                 return False
@@ -415,16 +415,6 @@ class Trainer:
         return results
 
 
-def _num_epochs(requested: int, rank: int) -> int:
-    limit = get_profile().max_epochs
-    if limit is not None and limit < requested:
-        if rank == 0:
-            print(f"profile {get_profile().name}: {limit} of {requested} epochs; "
-                  "set D2L_PROFILE=full for the whole run")  # fmt: skip
-        return limit
-    return requested
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train with the command line ``argv`` on this rank; returns the run's results."""
     args = parse_args(argv)
@@ -432,9 +422,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     rank, world, device = init_distributed()
     try:
+        state = load_state(args.checkpoint)  # every rank reads it; a bad file stops all, now
+        if state is not None:
+            _check_resume(state, args, world)
         trainer = Trainer(args, rank, world, device)
-        trainer.resume()
-        num_epochs = _num_epochs(args.epochs, rank)
+        if state is not None:
+            trainer.resume(state)
+        quiet = contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext()
+        with quiet:  # the profile's epoch cap, said once (on rank 0)
+            num_epochs = capped_epochs(args.epochs, get_profile())
         if rank == 0:
             print(f"{world} process{'es' if world > 1 else ''} ({dist.get_backend()}, "
                   f"{device.type}), {args.model}, global batch {args.batch_size} = {world} x "
@@ -448,4 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CheckpointError as exc:  # a bad --checkpoint file: one line, no traceback
+        sys.exit(f"d2l_utils.distributed: error: {exc}")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from d2l_utils.device import device_of
+from d2l_utils.device import device_of, eval_mode
 
 __all__ = ["count_flops", "count_params"]
 
@@ -24,10 +24,8 @@ def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
     Counted by ``torch.utils.flop_counter`` (matrix multiplies and convolutions; one
     multiply-add is 2 FLOPs).  A training step costs about three times the forward pass.
     """
-    was_training = net.training
-    net.eval()
     x = torch.zeros(*input_shape, device=device_of(net))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # Eval mode: counting must not update batch norm's running statistics.
+    with eval_mode(net), torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x)
-    net.train(was_training)
     return int(counter.get_total_flops())

@@ -2,10 +2,11 @@
 
 What is measured is the memory a training step needs *on top of* what is already held when it
 starts (the weights and the batch): activations kept for the backward pass, gradients,
-temporaries and workspaces.  The step is the one :func:`d2l_utils.train_ch6` takes: zero the
-gradients (``set_to_none``), forward (``channels_last`` for conv nets; on CUDA mixed precision
-chosen by :func:`~d2l_utils.device.amp_dtype`: bf16, or fp16 with a gradient scaler on GPUs older
-than compute capability 8.0), cross-entropy, backward, an SGD update.
+temporaries and workspaces.  The step is :func:`d2l_utils.train.train_step`, the one
+:func:`d2l_utils.train_ch6` takes: zero the gradients (``set_to_none``), forward
+(``channels_last`` for conv nets; on CUDA mixed precision chosen by
+:func:`~d2l_utils.device.amp_dtype`: bf16, or fp16 with a gradient scaler on GPUs older than
+compute capability 8.0), cross-entropy, backward, an SGD update.
 
 How, by device:
 
@@ -60,8 +61,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from d2l_utils.device import amp_dtype, autocast, grad_scaler, in_layout, prefers_channels_last
+from d2l_utils.device import amp_dtype, eval_mode, grad_scaler, in_layout, prefers_channels_last
+from d2l_utils.train import train_step
 
 __all__ = ["NOT_MEASURABLE", "StepMemory", "saved_tensor_bytes", "training_step_memory"]
 
@@ -98,37 +101,14 @@ class StepMemory:
         return f"{self.peak_mib:,.1f} MiB on {self.device} ({self.method})"
 
 
-def _training_step(
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> None:
-    """One step as ``train_ch6`` takes it; ``dtype``: autocast precision (``None``: fp32)."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(X.device, dtype):
-        loss = nn.functional.cross_entropy(net(X), y)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-
-
 def _batch(
     net: nn.Module, input_shape: Sequence[int], device: torch.device, channels_last: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A random image batch of ``input_shape`` and labels valid for ``net``'s output."""
     gen = torch.Generator().manual_seed(0)
     X = in_layout(torch.rand(*input_shape, generator=gen).to(device), channels_last)
-    with torch.no_grad():
-        was_training = net.training
-        num_classes = net.eval()(X[:1]).shape[1]
-        net.train(was_training)
+    with torch.no_grad(), eval_mode(net):  # one image: batch norm cannot use batch statistics
+        num_classes = net(X[:1]).shape[1]
     y = torch.randint(num_classes, (input_shape[0],), generator=gen).to(device)
     return X, y
 
@@ -153,12 +133,12 @@ def _measure_cuda(
     net, opt = _prepare(copy.deepcopy(net), device, channels_last)
     X, y = _batch(net, input_shape, device, channels_last)
     scaler = grad_scaler(device, dtype)
-    _training_step(net, opt, X, y, dtype, scaler)  # warm-up: cuDNN/cuBLAS workspaces, scaler
+    train_step(net, X, y, F.cross_entropy, opt, scaler, dtype)  # warm-up: cuDNN workspaces, scaler
     opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    _training_step(net, opt, X, y, dtype, scaler)
+    train_step(net, X, y, F.cross_entropy, opt, scaler, dtype)  # its results dropped at once
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
     precision = "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
@@ -264,14 +244,14 @@ def _measure_cpu_here(
     device = torch.device("cpu")
     net, opt = _prepare(net, device, channels_last)
     X, y = _batch(net, input_shape, device, channels_last)
-    _training_step(net, opt, X[:2], y[:2])  # warm-up, batch-size independent
+    train_step(net, X[:2], y[:2], F.cross_entropy, opt)  # warm-up, batch-size independent
     opt.zero_grad(set_to_none=True)
     _release_free_heap()
     meter = _cpu_peak_meter()
     if meter is None:
         return StepMemory(None, None, f"{NOT_MEASURABLE} ({sys.platform})", "cpu")
     before = meter.start()
-    _training_step(net, opt, X, y)
+    train_step(net, X, y, F.cross_entropy, opt)  # its results dropped at once
     peak = meter.peak()
     if before is None or peak is None:  # the counter stopped answering
         return StepMemory(None, None, f"{NOT_MEASURABLE} ({sys.platform})", "cpu")

@@ -1,25 +1,16 @@
-"""Plotting: the book's ``Animator`` and ``show_images``, drawn with matplotlib, and the epoch log
-of :func:`d2l_utils.train.train_ch6` (the live plot in Jupyter, one line per epoch elsewhere)."""
+"""Plotting: the book's ``Animator`` (the live plot of :func:`d2l_utils.train.train_ch6` in
+Jupyter), ``set_axes`` and ``show_images``, drawn with matplotlib."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Animator", "EpochLog", "in_notebook", "set_axes", "show_images"]
+from d2l_utils.device import in_notebook
 
-
-def in_notebook() -> bool:
-    """Whether code runs in a Jupyter kernel (where figures can be shown and updated)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
+__all__ = ["Animator", "set_axes", "show_images"]
 
 
 def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend) -> None:
@@ -117,70 +108,3 @@ def show_images(imgs, num_rows: int, num_cols: int, titles=None, scale: float = 
         if titles:
             ax.set_title(titles[i])
     return axes
-
-
-class EpochLog:
-    """What :func:`~d2l_utils.train.train_ch6` shows while it trains.
-
-    With an ``animator`` (in Jupyter): the book's live plot, train loss and accuracy at five
-    points per epoch and test accuracy at the end of each.  Without one: a line per epoch,
-    ``epoch 2/10: loss 0.412, train acc 0.851, test acc 0.842 (12.3 s)``, and a progress bar
-    while an epoch runs when the output is a terminal.
-    """
-
-    def __init__(self, num_epochs: int, animator: Animator | None) -> None:
-        self.num_epochs = num_epochs
-        self.animator = animator
-        self.progress: Any = None
-
-    def points(self, num_batches: int) -> set[int]:
-        """Batch indices after which the book adds a plot point: every ``num_batches // 5``-th
-        and the last (after every batch when there are fewer than 5, where the book's rule
-        would divide by zero)."""
-        if self.animator is None:
-            return set()
-        step = max(num_batches // 5, 1)
-        return {i for i in range(num_batches) if (i + 1) % step == 0} | {num_batches - 1}
-
-    def replay(self, train_loss: list, train_acc: list, test_acc: list) -> None:
-        """Draw the epochs a resumed run restored from its checkpoint."""
-        if self.animator is not None:
-            for e, values in enumerate(zip(train_loss, train_acc, test_acc, strict=True)):
-                self.animator.add(e + 1, values)
-
-    def start_epoch(self, epoch: int, num_batches: int) -> None:
-        """Open a progress bar for epoch ``epoch`` (0-based) when printing to a terminal."""
-        if self.animator is None and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.progress = tqdm(
-                total=num_batches, desc=f"epoch {epoch + 1}/{self.num_epochs}", leave=False
-            )
-
-    def step(self) -> None:
-        """One batch done."""
-        if self.progress is not None:
-            self.progress.update()
-
-    def batch(self, x: float, loss: float, acc: float) -> None:
-        """A plot point of the running train loss and accuracy at epoch ``x`` (fractional)."""
-        if self.animator is not None:
-            self.animator.add(x, (loss, acc, None))
-
-    def end_epoch(self, epoch: int, loss: float, train_acc: float, test_acc: float, t: float):
-        """Epoch ``epoch`` (0-based) done: its test accuracy on the plot, or its line."""
-        self.close()
-        if self.animator is not None:
-            self.animator.add(epoch + 1, (None, None, test_acc))
-        else:
-            print(
-                f"epoch {epoch + 1}/{self.num_epochs}: loss {loss:.3f}, train acc {train_acc:.3f}, "
-                f"test acc {test_acc:.3f} ({t:.1f} s)",
-                flush=True,
-            )
-
-    def close(self) -> None:
-        """Close the progress bar (also when the run stops early)."""
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None

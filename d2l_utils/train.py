@@ -1,4 +1,4 @@
-"""Training and evaluation: the book's ``train_ch6``, made fast and honest.
+"""Training and evaluation: the book's ``train_ch6`` and the helpers around it.
 
 Read :func:`train_ch6` first: its body is the book's loop (init, optimizer, per-epoch training,
 evaluation, plot or print, the closing lines).  What stays the book's: xavier-uniform init of
@@ -8,60 +8,329 @@ acc / test acc, and the closing lines ``loss …, train acc …, test acc …`` 
 
 What changes, without changing what is computed:
 
-* metrics stay on the device and are read once per epoch (and at the plot's five points per
-  epoch in Jupyter), instead of forcing a device-to-host copy after every batch;
+* the running loss and accuracy stay on the device and are read once per epoch (and at the
+  plot's five points per epoch in Jupyter), instead of a device-to-host copy after every batch;
 * convolutional nets with convolutions of 32 or more channels run in ``channels_last`` memory
   format (:func:`~d2l_utils.device.prefers_channels_last`);
-* mixed precision chosen by the device (:func:`~d2l_utils.device.amp_dtype`): bf16 on CUDA GPUs
-  of compute capability 8.0 or higher, fp16 with a gradient scaler on older ones, fp32 on a CPU
-  and on Apple's MPS.  Evaluation runs in the same layout and precision as training;
-* it returns a :class:`History`, works with fewer than 5 batches an epoch, and outside Jupyter
-  prints one line per epoch instead of drawing an empty figure.
+* mixed precision chosen by the device (:func:`~d2l_utils.device.amp_dtype`);
+* it returns a :class:`History`, and outside Jupyter prints one line per epoch.
 
-The bookkeeping that makes a long run trustworthy wraps the loop and lives in
-:mod:`d2l_utils.training_run`, a part a reader can skip: bad arguments are reported before the
-first step; the stop button stops the cell after saying how far the run got; a loss that becomes
-NaN/inf or explodes raises :class:`DivergenceError` and puts the last good weights back;
-``checkpoint=PATH`` saves every epoch and resumes (:mod:`d2l_utils.checkpoint`); ``seed=`` makes
-a run repeatable on a CPU.
+The bookkeeping that makes a long run trustworthy (bad arguments reported before the first step,
+the stop button, divergence, ``checkpoint=`` to save and resume) is :mod:`d2l_utils.robust`,
+which wraps the loop and which a first reading can skip.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm  # the plain bar: it is drawn in a terminal only
 
-from d2l_utils.checkpoint import CheckpointError
 from d2l_utils.device import (
     amp_dtype,
     autocast,
     device_of,
+    eval_mode,
     grad_scaler,
     in_layout,
+    in_notebook,
     prefers_channels_last,
     try_gpu,
 )
-from d2l_utils.plot import Animator, EpochLog, in_notebook
-from d2l_utils.profiles import Profile
-from d2l_utils.training_run import DivergenceError, History, TrainingRun, count_correct
+from d2l_utils.plot import Animator
+from d2l_utils.robust import DivergenceError, Run
 
 __all__ = [
     "Accumulator",
-    "CheckpointError",
     "DivergenceError",
     "History",
     "Timer",
     "accuracy",
     "autocast_dtype",
+    "count_correct",
+    "eval_mode",
     "evaluate_accuracy_gpu",
+    "init_net",
     "init_weights",
     "train_ch6",
+    "train_step",
 ]
+
+
+def train_ch6(  # noqa: C901, PLR0913 - the book's loop and arguments, then keyword-only options
+    net: nn.Module, train_iter: Iterable, test_iter: Iterable, num_epochs: int, lr: float,
+    device: torch.device | str | None = None, *,
+    optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    loss: nn.Module | None = None, augment: Callable | None = None, init: bool = True,
+    seed: int | None = None, profile: Any = None, plot: bool = True,
+    amp: bool | torch.dtype | None = None, channels_last: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> History:  # fmt: skip
+    """Train ``net`` the book's way and return what was measured.
+
+    What it does to your objects: ``net`` is trained in place and left on ``device`` (in the
+    memory format it came in); a :class:`~d2l_utils.data.BatchLoader` builds its batches on
+    ``device`` from then on; ``seed=`` restarts the training loader's shuffle (see below).
+
+    Args:
+        net: a classifier producing logits ``(B, C)``.
+        train_iter, test_iter: batches ``(X, y)``: ``X`` float ``(B, C, H, W)``, ``y`` int64.
+        num_epochs: epochs asked for (the run profile may cap them, and says so).
+        lr: learning rate of the default SGD optimizer.
+        device: default :func:`~d2l_utils.device.try_gpu`.
+        optimizer: an optimizer, or a callable ``params -> optimizer``; default ``SGD(lr=lr)``.
+        scheduler: callable ``optimizer -> LR scheduler``, stepped after every batch.
+        loss: default ``nn.CrossEntropyLoss()``.
+        augment: callable applied to each training batch ``X`` on the device.
+        init: apply the book's xavier init (:func:`init_net`); ``False`` keeps the net's own.
+        seed: makes the run repeatable on a CPU.  It seeds torch's generator (init, dropout,
+            augmentation draw from it), re-draws the layers the init covers, biases too (so the
+            start depends on the seed alone, :func:`init_net`), and restarts the training
+            loader's shuffle from the seed.  The same call with the same seed gives the same
+            history.
+        profile: run profile (name or :class:`~d2l_utils.data.Profile`); default
+            ``D2L_PROFILE`` or the device's default.
+        plot: draw the book's live plot in Jupyter.
+        amp: mixed precision, see :func:`autocast_dtype`; training and evaluation use the same.
+        channels_last: memory format of the run; ``None``: as
+            :func:`~d2l_utils.device.prefers_channels_last` decides for ``net``.
+        checkpoint: a file path to save every epoch to and resume from
+            (:mod:`d2l_utils.robust`).
+
+    Returns:
+        A :class:`History` with one entry per completed epoch.
+
+    Raises:
+        ValueError: bad arguments, an empty loader or labels the net has no output for, before
+            the first step.  :class:`~d2l_utils.robust.DivergenceError`: the loss or the weights
+            went NaN/inf or exploded (the net is put back to its last good state).
+            ``KeyboardInterrupt``: the stop button, after one line saying how far the run got.
+    """
+    device = try_gpu() if device is None else torch.device(device)
+    history = History()
+    run = Run(net, train_iter, test_iter, num_epochs, lr, profile, seed, checkpoint, history)
+    num_epochs = run.num_epochs  # capped by the profile
+    if seed is not None:
+        torch.manual_seed(seed)
+        generator = getattr(train_iter, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)  # the shuffle restarts from the seed
+    if init:
+        init_net(net, seed)
+    print("training on", device)
+    channels_last = prefers_channels_last(net) if channels_last is None else channels_last
+    amp = autocast_dtype(amp, device)  # bf16, fp16 (with a gradient scaler) or None: fp32
+    came_contiguous = all(p.is_contiguous() for p in net.parameters())
+    net.to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    _move_loader(train_iter, device)
+    if optimizer is None:
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    elif not isinstance(optimizer, torch.optim.Optimizer):  # a callable params -> optimizer
+        optimizer = optimizer(net.parameters())
+    sched = scheduler(optimizer) if scheduler is not None else None
+    loss_fn = nn.CrossEntropyLoss() if loss is None else loss
+    scaler = grad_scaler(device, amp) if amp == torch.float16 else None
+    log = EpochLog(num_epochs, plot and in_notebook())
+    timer = Timer()
+    with run.guard(device, optimizer, sched, loss_fn, log):  # the stop button, divergence, resume
+        for epoch in range(run.first_epoch, num_epochs):
+            net.train()
+            metric = run.metric = Metrics(device)  # loss sum, correct, examples: on the device
+            log.start_epoch(epoch, run.num_batches)
+            timer.start()
+            for X, y in train_iter:
+                X, y = _to_device(X, y, device, channels_last)
+                if augment is not None:
+                    X = augment(X)
+                l, y_hat = train_step(net, X, y, loss_fn, optimizer, scaler, amp)
+                if sched is not None:
+                    sched.step()
+                metric.add(l, y_hat, y)
+                log.step(epoch, metric)
+            train_time = timer.stop()
+            test_acc = evaluate_accuracy_gpu(
+                net, test_iter, device, channels_last=channels_last, amp=amp or False
+            )
+            run.epoch_done(metric, test_acc, train_time)  # divergence check, history, checkpoint
+    if channels_last and came_contiguous:
+        net.to(memory_format=torch.contiguous_format)  # give the net back as it came
+    print(
+        f"loss {history.train_loss[-1]:.3f}, train acc {history.train_acc[-1]:.3f}, "
+        f"test acc {history.test_acc[-1]:.3f}"
+    )
+    print(f"{history.examples_per_sec:.1f} examples/sec on {device}")
+    return history
+
+
+def train_step(net: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None,
+               dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One step of :func:`train_ch6`: forward, loss, backward, update.
+
+    Args:
+        dtype: autocast precision (``None``: fp32); ``scaler``: the gradient scaler fp16 needs.
+
+    Returns:
+        The batch's loss and the logits, both detached.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(X.device, dtype):
+        y_hat = net(X)
+        l = loss_fn(y_hat, y)
+    if scaler is None:
+        l.backward()
+        optimizer.step()
+    else:  # scaled only in fp16, where small gradients underflow
+        scaler.scale(l).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return l.detach(), y_hat.detach()
+
+
+def evaluate_accuracy_gpu(net: nn.Module, data_iter: Iterable,
+                          device: torch.device | str | None = None, *,
+                          channels_last: bool | None = None,
+                          amp: bool | torch.dtype | None = None) -> float:  # fmt: skip
+    """Accuracy of ``net`` over ``data_iter`` (in eval mode; reads the device once).
+
+    Args:
+        device: where to run; default: where ``net``'s parameters are.
+        channels_last: memory format of the batches; ``None``: as
+            :func:`~d2l_utils.device.prefers_channels_last` decides for ``net``.
+        amp: mixed precision, as in :func:`train_ch6`.
+    """
+    device = device_of(net) if device is None else torch.device(device)
+    channels_last = prefers_channels_last(net) if channels_last is None else channels_last
+    dtype = autocast_dtype(amp, device)
+    _move_loader(data_iter, device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    with eval_mode(net), torch.no_grad(), autocast(device, dtype):
+        for X, y in data_iter:
+            X, y = _to_device(X, y, device, channels_last)
+            correct += count_correct(net(X), y)
+            count += y.numel()
+    return correct.item() / max(count, 1)
+
+
+# --- What one run measures ----------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """What :func:`train_ch6` measured, one entry per completed epoch."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    epoch_time: list[float] = field(default_factory=list)  # training only, seconds
+    examples_per_sec: float = math.nan  # training throughput, as the book computes it
+    total_time: float = 0.0  # training plus evaluation, seconds
+    device: str = ""
+    profile: str = ""
+    num_epochs: int = 0  # epochs actually run
+    interrupted: bool = False  # stopped by KeyboardInterrupt before the last epoch ended
+
+    def add_epoch(self, train_loss: float, train_acc: float, test_acc: float, t: float) -> None:
+        """Record one completed epoch."""
+        self.train_loss.append(train_loss)
+        self.train_acc.append(train_acc)
+        self.test_acc.append(test_acc)
+        self.epoch_time.append(t)
+        self.num_epochs += 1
+
+    def as_rows(self) -> list[dict[str, float]]:
+        """One dict per epoch, for tables."""
+        return [
+            {"epoch": i + 1, "train_loss": lo, "train_acc": tr, "test_acc": te, "time_s": t}
+            for i, (lo, tr, te, t) in enumerate(
+                zip(self.train_loss, self.train_acc, self.test_acc, self.epoch_time, strict=True)
+            )
+        ]
+
+
+class Metrics:
+    """The book's ``Accumulator(3)`` (loss sum, correct predictions, examples) kept on the device,
+    plus each step's loss sum, from which :mod:`d2l_utils.robust` finds where a run diverged."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+        self.step_losses: list[torch.Tensor] = []  # loss x batch size of every step
+        self.step_sizes: list[int] = []
+
+    def add(self, l: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor) -> None:
+        """One batch: its mean loss ``l``, logits ``y_hat (B, C)`` and labels ``y (B,)``."""
+        step_loss = l.float() * y.numel()
+        self.step_losses.append(step_loss)
+        self.step_sizes.append(y.numel())
+        self.loss_sum += step_loss
+        self.correct += count_correct(y_hat, y)
+        self.count += y.numel()
+
+    def mean(self) -> tuple[float, float]:
+        """Mean loss and accuracy so far (one read from the device)."""
+        return self.loss_sum.item() / self.count, self.correct.item() / self.count
+
+
+class EpochLog:
+    """What :func:`train_ch6` shows while it trains: in Jupyter the book's live plot (train loss
+    and accuracy at five points per epoch, test accuracy at the end of each); elsewhere a line
+    per epoch, and a progress bar while an epoch runs when the output is a terminal."""
+
+    def __init__(self, num_epochs: int, live_plot: bool) -> None:
+        self.num_epochs, self.progress, self.animator = num_epochs, None, None
+        if live_plot:  # matplotlib, in Jupyter only
+            # One epoch (the smoke profile) has its points in (0, 1]: [1, 1] would be empty.
+            xlim = [1, num_epochs] if num_epochs > 1 else [0, 1]
+            legend = ["train loss", "train acc", "test acc"]
+            self.animator = Animator(xlabel="epoch", xlim=xlim, legend=legend)
+
+    def start_epoch(self, epoch: int, num_batches: int) -> None:
+        """Epoch ``epoch`` (0-based) begins: the batches after which the book draws a point
+        (every ``num_batches // 5``-th and the last), or a progress bar."""
+        self.num_batches, self.done, every = num_batches, 0, max(num_batches // 5, 1)
+        self.points = {i for i in range(every, num_batches + 1, every)} | {num_batches}
+        if self.animator is None and sys.stderr.isatty():
+            self.progress = tqdm(total=num_batches, desc=f"epoch {epoch + 1}", leave=False)
+
+    def step(self, epoch: int, metric: Metrics) -> None:
+        """One batch done: a plot point (one read from the device) or the progress bar."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress.update()
+        if self.animator is not None and self.done in self.points:
+            self.animator.add(epoch + self.done / self.num_batches, (*metric.mean(), None))
+
+    def end_epoch(self, epoch: int, loss: float, train_acc: float, test_acc: float, t: float):
+        """Epoch ``epoch`` (0-based) done: its test accuracy on the plot, or its line."""
+        self.close()
+        if self.animator is not None:
+            self.animator.add(epoch + 1, (None, None, test_acc))
+        else:
+            print(f"epoch {epoch + 1}/{self.num_epochs}: loss {loss:.3f}, train acc "
+                  f"{train_acc:.3f}, test acc {test_acc:.3f} ({t:.1f} s)", flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        """Close the progress bar (also when the run stops early)."""
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+
+# --- The book's small helpers -------------------------------------------------------------------
 
 
 class Timer:
@@ -113,6 +382,13 @@ class Accumulator:
         return self.data[idx]
 
 
+def count_correct(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions as a 0-d tensor on ``y_hat``'s device (no sync)."""
+    if y_hat.dim() > 1 and y_hat.shape[1] > 1:
+        y_hat = y_hat.argmax(dim=1)
+    return (y_hat.type(y.dtype) == y).sum()
+
+
 def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
     """Number of correct predictions (the book's name; divide by ``len(y)`` for a rate).
 
@@ -129,11 +405,28 @@ def init_weights(m: nn.Module) -> None:
         nn.init.xavier_uniform_(m.weight)
 
 
+def init_net(net: nn.Module, seed: int | None = None) -> None:
+    """The init :func:`train_ch6` applies: the book's :func:`init_weights` on every layer.
+
+    With ``seed``: torch's generator is seeded and every ``nn.Linear``/``nn.Conv2d`` is first
+    re-drawn whole with PyTorch's default init, so that the biases (which the book's init leaves
+    alone) depend on the seed too, not on when the net was built.  Layers the model initialised
+    itself (a zero batch-norm scale) are kept.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+        for m in net.modules():
+            if type(m) in (nn.Linear, nn.Conv2d):
+                m.reset_parameters()
+    net.apply(init_weights)
+
+
 def autocast_dtype(amp: bool | torch.dtype | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype an ``amp=`` option means on ``device`` (``None``: plain fp32).
 
-    ``None``: what the device does best, :func:`~d2l_utils.device.amp_dtype`; ``False``: fp32;
-    ``True``: that dtype, or bf16 where the device has no preference (a CPU); a dtype: itself.
+    ``None``: what the device does best, :func:`~d2l_utils.device.amp_dtype` (bf16 on CUDA
+    capability >= 8.0, fp16 with a gradient scaler on older GPUs, none on a CPU or MPS);
+    ``False``: fp32; ``True``: that dtype, or bf16 where the device has none (a CPU); a dtype.
     """
     if amp is None:
         return amp_dtype(device)
@@ -144,16 +437,12 @@ def autocast_dtype(amp: bool | torch.dtype | None, device: torch.device) -> torc
     return None if amp == torch.float32 else amp
 
 
-def _to_device(
-    X: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # Pinned host memory lets the copy to a CUDA GPU overlap with computation.
-    non_blocking = device.type == "cuda" and X.device.type == "cpu"
-    if non_blocking:
-        X, y = X.pin_memory(), y.pin_memory()
-    X = X.to(device, non_blocking=non_blocking)
-    y = y.to(device, non_blocking=non_blocking)
-    return in_layout(X, channels_last), y
+def _to_device(X: torch.Tensor, y: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    if device.type == "cuda" and X.device.type == "cpu":  # pinned: the copy overlaps compute
+        X = X.pin_memory().to(device, non_blocking=True)
+        y = y.pin_memory().to(device, non_blocking=True)
+    return in_layout(X.to(device), channels_last), y.to(device)
 
 
 def _move_loader(data_iter: Iterable, device: torch.device) -> None:
@@ -161,209 +450,3 @@ def _move_loader(data_iter: Iterable, device: torch.device) -> None:
     mover = getattr(data_iter, "to", None)
     if callable(mover) and hasattr(data_iter, "dataset"):
         mover(device)
-
-
-def evaluate_accuracy_gpu(
-    net: nn.Module,
-    data_iter: Iterable,
-    device: torch.device | str | None = None,
-    *,
-    channels_last: bool | None = None,
-    amp: bool | torch.dtype | None = None,
-) -> float:
-    """Accuracy of ``net`` over ``data_iter`` (eval mode; reads the result from the device once).
-
-    Args:
-        net: a classifier producing logits ``(B, C)``.
-        data_iter: batches ``(X, y)``.
-        device: where to run; default: where ``net``'s parameters are.
-        channels_last: memory format of the batches; ``None``: as
-            :func:`~d2l_utils.device.prefers_channels_last` decides for ``net``.
-        amp: mixed precision, as in :func:`train_ch6` (see :func:`autocast_dtype`).
-    """
-    device = device_of(net) if device is None else torch.device(device)
-    channels_last = prefers_channels_last(net) if channels_last is None else channels_last
-    dtype = autocast_dtype(amp, device)
-    _move_loader(data_iter, device)
-    was_training = net.training
-    net.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    try:
-        with torch.no_grad(), autocast(device, dtype):
-            for X, y in data_iter:
-                X, y = _to_device(X, y, device, channels_last)
-                correct += count_correct(net(X), y)
-                count += y.numel()
-    finally:  # an interrupt during evaluation must not leave the net in eval mode
-        net.train(was_training)
-    return correct.item() / max(count, 1)
-
-
-def train_ch6(  # noqa: PLR0913 - the book's six arguments, then keyword-only options
-    net: nn.Module,
-    train_iter: Iterable,
-    test_iter: Iterable,
-    num_epochs: int,
-    lr: float,
-    device: torch.device | str | None = None,
-    *,
-    optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
-    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-    loss: nn.Module | None = None,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    init: bool = True,
-    seed: int | None = None,
-    profile: str | Profile | None = None,
-    plot: bool = True,
-    channels_last: bool | None = None,
-    amp: bool | torch.dtype | None = None,
-    compile: bool = False,
-    checkpoint: str | os.PathLike[str] | None = None,
-) -> History:
-    """Train ``net`` the book's way and return what was measured.
-
-    Args:
-        net: a classifier producing logits ``(B, C)``.
-        train_iter, test_iter: batches ``(X, y)``: ``X`` float ``(B, C, H, W)``, ``y`` int64
-            ``(B,)``.
-        num_epochs: epochs asked for (the profile may cap them, and says so).
-        lr: learning rate of the default SGD optimizer (a positive finite number).
-        device: default :func:`try_gpu`.
-        optimizer: an optimizer, or a callable ``params -> optimizer``; default ``SGD(lr=lr)``.
-        scheduler: callable ``optimizer -> LR scheduler``, stepped after every batch.
-        loss: default ``nn.CrossEntropyLoss()``.
-        augment: callable applied to each training batch ``X`` on the device.
-        init: apply the book's xavier init; ``False`` keeps the model's own initialisation.
-        seed: makes the run repeatable on a CPU: seeds torch's RNG (with ``init``, the layers
-            the book's init covers are re-drawn whole, biases too) and restarts the training
-            loader's shuffle from the seed.  Calling again with the same seed gives the same
-            history, even on the same loaders and, for nets without other trained state (batch
-            norm), on the same already trained net.
-        profile: run profile (name or object); default ``D2L_PROFILE`` or the device's default.
-        plot: draw the live plot in Jupyter.
-        channels_last: ``None`` = :func:`~d2l_utils.device.prefers_channels_last`.
-        amp: mixed precision; ``None`` = :func:`~d2l_utils.device.amp_dtype`: bf16 on CUDA
-            capability >= 8.0, fp16 with a gradient scaler on older CUDA GPUs, none on a CPU or
-            MPS; ``False`` = fp32; ``True`` = that dtype, or bf16 on a CPU.  Training and
-            evaluation use the same choice.
-        compile: wrap the model in ``torch.compile`` for training.
-        checkpoint: a file path.  After every epoch the net, optimizer, scheduler, history and
-            random number generators are saved there (atomically); when the file exists, the
-            run resumes after its last completed epoch, and with the same seed on a CPU it ends
-            with exactly the weights of an uninterrupted run.  Epochs count against
-            ``num_epochs`` after the profile's cap, and a checkpoint belongs to one profile
-            (name the file after ``PROFILE.name`` to keep one per profile).
-
-    Returns:
-        A :class:`History` with one entry per completed epoch.
-
-    Raises:
-        KeyboardInterrupt: the stop button (Ctrl-C) was pressed.  Before it propagates (so the
-            cell stops) one line says how far the run got and how to resume; the net keeps its
-            current weights, the checkpoint (if any) holds the last completed epoch, and the
-            history of the completed epochs is the exception's ``history`` attribute (in Jupyter:
-            ``sys.last_value.history``), marked ``interrupted``.
-        ValueError: for a bad ``num_epochs``, ``lr`` or ``seed``, an empty loader, or labels
-            the net has no output for; all before the first training step.
-        DivergenceError: when the running loss becomes NaN/inf, or, for cross-entropy, exceeds
-            1000 times its chance level log C, or the weights become non-finite; the net (and
-            optimizer) are reset to the end of the last completed epoch (or to the start).
-        CheckpointError: for a checkpoint that is corrupt or written by a different run; the
-            file is left untouched.
-    """
-    device = try_gpu() if device is None else torch.device(device)
-    # Checks the arguments, caps the epochs to the profile, reads and checks the checkpoint.
-    run = TrainingRun(net, train_iter, test_iter, num_epochs, lr, profile, seed, checkpoint)
-    if init:
-        if seed is not None:
-            net.apply(_redraw)  # the biases too, so that the seed alone decides the start
-        net.apply(init_weights)
-    print("training on", device)
-    channels_last = prefers_channels_last(net) if channels_last is None else channels_last
-    amp = autocast_dtype(amp, device)  # bf16, fp16 (with a gradient scaler) or None: fp32
-    net.to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    _move_loader(train_iter, device)  # a BatchLoader builds its batches there (test_iter: below)
-    opt = _make_optimizer(optimizer, net, lr)
-    sched = scheduler(opt) if scheduler is not None else None
-    loss_fn = nn.CrossEntropyLoss() if loss is None else loss
-    scaler = grad_scaler(device, amp)
-    model = torch.compile(net) if compile else net
-    log = EpochLog(run.epochs, _animator(run.epochs, plot))
-    points = log.points(run.num_batches)
-    timer = Timer()
-    # Resumes from the checkpoint; on an interrupt or divergence, finishes the bookkeeping.
-    with run.guarded(device, opt, sched, loss_fn, log):
-        for epoch in range(run.epochs_done, run.epochs):
-            net.train()
-            metric = run.start_epoch(epoch)  # loss, correct predictions, examples: on device
-            timer.start()
-            for i, (X, y) in enumerate(train_iter):
-                X, y = _to_device(X, y, device, channels_last)
-                if augment is not None:
-                    X = augment(X)
-                opt.zero_grad(set_to_none=True)
-                with autocast(device, amp):
-                    y_hat = model(X)
-                    l = loss_fn(y_hat, y)
-                scaler.scale(l).backward()  # scaled only in fp16, where small gradients underflow
-                scaler.step(opt)
-                scaler.update()
-                if sched is not None:
-                    sched.step()
-                metric.add(l, y_hat, y)
-                log.step()
-                if i in points:  # the book's five plot points per epoch (one read each)
-                    log.batch(epoch + (i + 1) / run.num_batches, *metric.mean())
-            train_l, train_acc = metric.mean()  # NaN, inf or an explosion: DivergenceError
-            train_time = timer.stop()
-            test_acc = evaluate_accuracy_gpu(
-                net, test_iter, device, channels_last=channels_last, amp=amp or False
-            )
-            run.end_epoch(train_l, train_acc, test_acc, train_time)  # history, log, checkpoint
-    history = run.history
-    print(
-        f"loss {history.train_loss[-1]:.3f}, train acc {history.train_acc[-1]:.3f}, "
-        f"test acc {history.test_acc[-1]:.3f}"
-    )
-    print(f"{history.examples_per_sec:.1f} examples/sec on {device}")
-    return history
-
-
-# --- Small helpers of train_ch6 -----------------------------------------------------------------
-
-
-def _make_optimizer(
-    optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None,
-    net: nn.Module,
-    lr: float,
-) -> torch.optim.Optimizer:
-    if optimizer is None:
-        return torch.optim.SGD(net.parameters(), lr=lr)
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return optimizer
-    return optimizer(net.parameters())
-
-
-def _animator(num_epochs: int, plot: bool) -> Animator | None:
-    """The book's animator, in Jupyter only (elsewhere the epoch log prints lines)."""
-    if not (plot and in_notebook()):
-        return None
-    return Animator(
-        xlabel="epoch",
-        # One epoch (the smoke profile) has its points in (0, 1]: [1, 1] would be empty.
-        xlim=[1, num_epochs] if num_epochs > 1 else [0, 1],
-        legend=["train loss", "train acc", "test acc"],
-    )
-
-
-def _redraw(m: nn.Module) -> None:
-    """Re-draw a layer the book's init covers (PyTorch's default init: the bias matters).
-
-    With a seed, the bias then depends on the seed alone, not on when the net was built or on
-    an earlier run; layers the model initialised itself (a zero batch-norm scale) are kept.
-    """
-    if type(m) in (nn.Linear, nn.Conv2d):
-        m.reset_parameters()

@@ -6,18 +6,21 @@ is replaced for the new classes; training that keeps the epoch with the best val
 accuracy; and a ``class_indices.json`` that tells a prediction script what each output means.
 
 * :func:`write_image_folder` writes uint8 images as ``root/<class>/<n>.png``;
-  :func:`save_class_indices` / :func:`load_class_indices` keep the index -> name table.
+  :func:`save_class_indices` keeps the index -> name table for the prediction command.
 * :func:`train_transform` and :func:`eval_transform`: grey to 3 channels, crop, normalize.
 * :func:`hub_weights_file`, :func:`load_hub_state_dict` (torchvision's files in the torch hub
   cache, never downloaded here) and :func:`resnet_from_state_dict` (a torchvision-layout
   ``state_dict`` in the course's ResNet, with a new head).
 * :func:`freeze`, :func:`set_batchnorm_eval`, :func:`parameter_groups` and :func:`fine_tune`,
   which can keep the best weights in a :class:`BestCheckpoint`.
+
+What the prediction command reads lives in :mod:`d2l_utils.predict`, which this module builds on
+(never the other way round): the model file the best checkpoint is, the validation view
+:func:`eval_transform` and ``class_indices.json``; the last two are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -32,6 +35,9 @@ from torch import Tensor, nn
 
 from d2l_utils.analysis import save_png
 from d2l_utils.device import device_of, in_layout, prefers_channels_last
+from d2l_utils.models import get_model
+from d2l_utils.predict import eval_transform, save_class_indices, save_model, to_normalized_tensor
+from d2l_utils.train import evaluate_accuracy_gpu, train_step
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,7 +49,6 @@ __all__ = [
     "fine_tune",
     "freeze",
     "hub_weights_file",
-    "load_class_indices",
     "load_hub_state_dict",
     "parameter_groups",
     "resnet_from_state_dict",
@@ -92,40 +97,7 @@ def write_image_folder(
     return paths
 
 
-def save_class_indices(path: str | os.PathLike[str], class_to_idx: dict[str, int]) -> Path:
-    """Write ``{"0": name, "1": name, ...}`` (index -> class name) as JSON.
-
-    ``class_to_idx`` is ``ImageFolder``'s map (class name -> index); the file holds it the
-    other way round, since a prediction script needs the name of output ``i``.
-    """
-    indices = sorted(class_to_idx.values())
-    if indices != list(range(len(indices))):
-        raise ValueError(f"class indices must be 0..K-1 once each, got {indices}")
-    table = {str(i): name for name, i in sorted(class_to_idx.items(), key=lambda kv: kv[1])}
-    path = Path(path)
-    path.write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
-
-
-def load_class_indices(path: str | os.PathLike[str]) -> list[str]:
-    """The class names of a ``class_indices.json``, in index order (name of output ``i``)."""
-    table = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(table, dict) or sorted(table) != sorted(str(i) for i in range(len(table))):
-        raise ValueError(f"{path} must map the indices '0'..'K-1' to class names")
-    return [str(table[str(i)]) for i in range(len(table))]
-
-
 # --- transforms -------------------------------------------------------------------------------
-
-
-def _tail(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
-    from torchvision.transforms import v2
-
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),  # uint8 0..255 -> float 0..1, as ToTensor
-        v2.Normalize(list(mean), list(std)),
-    ]
 
 
 def train_transform(
@@ -147,27 +119,7 @@ def train_transform(
             v2.Grayscale(num_output_channels=3),
             v2.RandomResizedCrop(size, scale=scale, antialias=True),
             v2.RandomHorizontalFlip(),
-            *_tail(mean, std),
-        ]
-    )
-
-
-def eval_transform(
-    size: int, mean: Sequence[float], std: Sequence[float], *, crop_ratio: float = 0.875
-):
-    """Deterministic validation view: 3 grey channels, resize, centre crop, normalize.
-
-    The image is resized to ``round(size / crop_ratio)`` and its centre ``size x size`` is kept
-    (ImageNet's 256 -> 224 is ``crop_ratio = 0.875``); returns float ``(3, size, size)``.
-    """
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.Grayscale(num_output_channels=3),
-            v2.Resize(round(size / crop_ratio), antialias=True),
-            v2.CenterCrop(size),
-            *_tail(mean, std),
+            *to_normalized_tensor(mean, std),
         ]
     )
 
@@ -241,12 +193,11 @@ def resnet_from_state_dict(
     changes ``state_dict``.  Then ``fc`` is replaced by a fresh
     ``nn.Linear(in_features, num_classes)`` drawn from torch's global RNG.
     """
-    from d2l_utils import resnet
-
     # Built on the meta device: no memory and no random initialisation that the loaded weights
     # would overwrite anyway (that init costs more than the copy for ResNet-18's 11 M weights).
     with torch.device("meta"):
-        net = getattr(resnet, arch)(
+        net = get_model(
+            arch,
             num_classes=state_dict["fc.weight"].shape[0],
             in_channels=state_dict["conv1.weight"].shape[1],
         )
@@ -298,10 +249,10 @@ def parameter_groups(
 class BestCheckpoint:
     """Keep the weights of the epoch with the best validation accuracy in one model file.
 
-    The file is :func:`d2l_utils.predict.save_model`'s (written atomically, read with
-    ``weights_only=True``), so ``d2l-predict`` can use it directly.  ``model_info`` are
-    ``save_model``'s keyword arguments (``arch``, ``arch_kwargs``, ``class_names``,
-    ``transform``, ...).
+    The file is :func:`d2l_utils.predict.save_model`'s (the package's one file format, written
+    atomically, read with ``weights_only=True``), so ``d2l-predict`` can use it directly.
+    ``model_info`` are ``save_model``'s keyword arguments (``arch``, ``arch_kwargs``,
+    ``class_names``, ``transform``, ...).
     """
 
     def __init__(self, path: str | os.PathLike[str], **model_info: Any) -> None:
@@ -312,8 +263,6 @@ class BestCheckpoint:
 
     def update(self, net: nn.Module, acc: float, epoch: int) -> bool:
         """Save ``net`` if ``acc`` beats every earlier epoch's; returns whether it did."""
-        from d2l_utils.predict import save_model
-
         if not acc > self.best_acc:
             return False
         self.best_acc, self.best_epoch = acc, epoch
@@ -337,9 +286,7 @@ def _train_epoch(
     steps = 0
     for X, y in train_iter:
         X, y = in_layout(X.to(device), channels_last), y.to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss(net(X), y).backward()
-        optimizer.step()
+        train_step(net, X, y, loss, optimizer)  # train_ch6's step, in fp32
         steps += 1
     return steps
 
@@ -364,8 +311,6 @@ def fine_tune(
             the pretrained running statistics and never changes them.
         best: save the epoch with the best validation accuracy there (needs ``val_iter``).
     """
-    from d2l_utils.train import evaluate_accuracy_gpu
-
     if best is not None and val_iter is None:
         raise ValueError("best= needs val_iter= to know which epoch is best")
     result, start, loss = FitResult(), time.perf_counter(), nn.CrossEntropyLoss()

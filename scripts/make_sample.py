@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2l_utils.data import FILES, find_files, read_idx, stratified_indices
+from d2l_utils.data import stratified_indices
+from d2l_utils.fashion_mnist import FILES, find_files, read_idx
 
 
 def main(root: str) -> None:

@@ -11,7 +11,7 @@ to fix it, and nothing runs.  Then one line per notebook: its name, status and t
 failure: the exception's name and message (no terminal colours), and where the partly executed
 notebook was written (``build/``).  The kernels' own log lines (e.g. ipykernel's transport
 warnings) go to ``build/<notebook>.kernel.log``, not the terminal.  Each trained model's row
-(``d2l_utils.record_result``) goes to ``build/results.jsonl``; the table is written to
+(``d2l_utils.results.record_result``) goes to ``build/results.jsonl``; the table is written to
 ``build/results.md`` at the end.
 """
 
@@ -89,7 +89,7 @@ def missing_data(profile) -> str | None:
     default cache folder)."""
     if profile.use_sample:
         return None
-    from d2l_utils.data import FILES, default_root, find_files
+    from d2l_utils.fashion_mnist import FILES, default_root, find_files
 
     env = os.environ.get("D2L_DATA_DIR", "").strip()
     root, source = (Path(env).expanduser(), "D2L_DATA_DIR") if env else (default_root(), "default")
@@ -135,7 +135,7 @@ def execute(path: Path, out: Path, timeout: int, build: Path) -> float:
     with open(log, "w", encoding="utf-8") as stderr:
         try:
             client.execute(stderr=stderr)
-        except Exception as exc:  # noqa: BLE001 - any failure: keep what ran, then report
+        except Exception as exc:  # any failure: keep what ran, then report
             nbformat.write(nb, partial)
             raise NotebookFailed(exc, partial, time.perf_counter() - start) from exc
     elapsed = time.perf_counter() - start
@@ -150,7 +150,7 @@ def fetch_data() -> str | None:
 
     try:
         load_data(256, profile="full")
-    except Exception as exc:  # noqa: BLE001 - reported as one line
+    except Exception as exc:  # any failure is reported as one line, not a traceback
         return describe_failure(exc)
     return None
 
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from d2l_utils.profiles import get_profile
+    from d2l_utils.data import get_profile
 
     try:
         profile = get_profile()

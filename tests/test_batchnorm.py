@@ -1,4 +1,4 @@
-"""d2l_utils.batchnorm against PyTorch's own nn.BatchNorm1d / nn.BatchNorm2d."""
+"""d2l_utils.models.batchnorm against PyTorch's own nn.BatchNorm1d / nn.BatchNorm2d."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from d2l_utils.batchnorm import BatchNorm, batch_norm
+from d2l_utils.models.batchnorm import BatchNorm, batch_norm
 
 # (num_dims, input shape, PyTorch's layer): fully connected (B, C) and convolutional (B, C, H, W).
 CASES = [(2, (16, 5), nn.BatchNorm1d), (4, (6, 3, 7, 5), nn.BatchNorm2d)]

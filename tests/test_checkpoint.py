@@ -1,4 +1,5 @@
-"""d2l_utils.checkpoint: the file format (pack / check / restore), atomic writes, safe reads, and
+"""d2l_utils.checkpoint: the package's one file format (header, kinds, one checking reader),
+atomic writes, safe reads; train_ch6's state (pack / check / restore) and
 ``train_ch6(checkpoint=...)``: exact resume after an interrupt, refusal of foreign files.
 
 Everything runs on the CPU with tiny nets and a 250/100-image slice of the bundled sample.
@@ -20,16 +21,15 @@ from torch import nn
 from torch.testing import assert_close
 
 import d2l_utils.checkpoint as ckpt
-from d2l_utils.checkpoint import (
-    CheckpointError,
-    check_resumable,
-    load_checkpoint,
-    pack,
-    read_if_present,
-    restore,
-    save_checkpoint,
-)
+import d2l_utils.robust
+from d2l_utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from d2l_utils.robust import check_resumable, pack, restore
 from d2l_utils.train import History, train_ch6
+
+
+def _read(path: Path) -> dict:
+    """A train_ch6 checkpoint's state, as train_ch6 reads it."""
+    return load_checkpoint(path, "train_ch6", required=d2l_utils.robust.KEYS)
 
 
 def _cnn() -> nn.Sequential:
@@ -90,11 +90,11 @@ def test_pack_then_restore_round_trips_every_part(tmp_path):
         opt.step()
         sched.step()
     path = tmp_path / "c.pt"
-    save_checkpoint(path, _packed(net, opt, sched, train_iter))
+    save_checkpoint(path, _packed(net, opt, sched, train_iter), "train_ch6")
     draws = torch.rand(3)  # what the global generator gives after the save
 
-    state = load_checkpoint(path)
-    assert set(state) == ckpt.KEYS and state["format"] == ckpt.FORMAT
+    state = _read(path)
+    assert set(state) == d2l_utils.robust.KEYS
     new_net, (new_train, _) = mlp(), sample_loaders(seed=99)
     new_opt = torch.optim.SGD(new_net.parameters(), lr=0.1, momentum=0.9)
     new_sched = torch.optim.lr_scheduler.StepLR(new_opt, step_size=2, gamma=0.5)
@@ -107,11 +107,6 @@ def test_pack_then_restore_round_trips_every_part(tmp_path):
     assert new_sched.state_dict() == sched.state_dict()
     assert_close(torch.cat([y for _, y in new_train]), torch.cat([y for _, y in train_iter]))
     assert_close(torch.rand(3), draws)  # the generator is back where it was when packed
-
-
-def test_read_if_present():
-    assert read_if_present(None) is None
-    assert read_if_present(Path("/nonexistent/run.pt")) is None
 
 
 def test_restore_refuses_another_optimizer_and_leaves_the_optimizer_alone(tmp_path):
@@ -157,7 +152,7 @@ def test_interrupted_and_resumed_run_ends_with_exactly_the_uninterrupted_weights
     assert partial.interrupted and partial.num_epochs == 1
     line = f"to resume after epoch 1, call again with checkpoint={str(path)!r}"
     assert line in capsys.readouterr().out
-    assert load_checkpoint(path)["epoch"] == 1  # the last completed epoch is on disk
+    assert _read(path)["epoch"] == 1  # the last completed epoch is on disk
     epoch_1 = path.read_bytes()
 
     again = _cnn()  # the caller's code builds a new net, optimizer and loaders, then resumes
@@ -168,12 +163,12 @@ def test_interrupted_and_resumed_run_ends_with_exactly_the_uninterrupted_weights
         expected.train_loss, expected.train_acc, expected.test_acc,
     )  # fmt: skip
     assert resumed.num_epochs == 2 and not resumed.interrupted
-    assert load_checkpoint(path)["epoch"] == 2
+    assert _read(path)["epoch"] == 2
     assert sorted(p.name for p in path.parent.iterdir()) == ["run.pt"]  # no temporary files
 
     # The comparison is sharp: a resume that skips restoring the RNGs ends elsewhere.
     path.write_bytes(epoch_1)
-    monkeypatch.setattr(ckpt, "set_rng_state", lambda state: None)
+    monkeypatch.setattr(d2l_utils.robust, "set_rng_state", lambda state: None)
     careless = _cnn()
     _resume_run(careless, sample_loaders(), checkpoint=path)
     with pytest.raises(AssertionError):
@@ -202,7 +197,7 @@ def test_checkpoint_of_a_finished_run_loads_and_trains_nothing(tmp_path, capsys)
     first = train_ch6(
         net, *sample_loaders(), 5, 0.1, "cpu", seed=0, profile="smoke", checkpoint=path
     )
-    assert first.num_epochs == 1 and load_checkpoint(path)["num_epochs"] == 1
+    assert first.num_epochs == 1 and _read(path)["num_epochs"] == 1
     before = path.read_bytes()
     capsys.readouterr()
 
@@ -252,7 +247,7 @@ def test_crash_during_a_save_never_destroys_the_last_good_checkpoint(tmp_path, m
     assert seen_during_save == [True]
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
-    assert load_checkpoint(path)["epoch"] == 1
+    assert _read(path)["epoch"] == 1
 
 
 def test_interrupt_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
@@ -315,6 +310,11 @@ class _Payload:
         return _side_effect, ()
 
 
+def _header(state: dict, kind: str = "train_ch6") -> dict:
+    """What save_checkpoint writes, written by hand."""
+    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "kind": kind, "state": state}
+
+
 def _bad_checkpoints(good: bytes) -> dict[str, Callable[[Path], None]]:
     def save(obj):
         return lambda p: torch.save(obj, p)
@@ -325,10 +325,11 @@ def _bad_checkpoints(good: bytes) -> dict[str, Callable[[Path], None]]:
         "empty": lambda p: p.write_bytes(b""),
         "garbage": lambda p: p.write_bytes(bytes(range(256)) * 16),
         "flipped bytes": lambda p: p.write_bytes(good[:100] + bytes(200) + good[300:]),
-        "code in the pickle": save({"format": ckpt.FORMAT, "x": _Payload()}),
+        "code in the pickle": save(_header({"x": _Payload()})),
         "a bare state_dict": save(mlp().state_dict()),
-        "another version": save({"format": ckpt.FORMAT, "version": 99}),
-        "keys missing": save({"format": ckpt.FORMAT, "version": ckpt.VERSION}),
+        "another version": save({**_header({}), "version": 99}),
+        "another kind": save({**_header({}), "kind": "model"}),
+        "keys missing": save(_header({"epoch": 1})),
     }
 
 
@@ -376,7 +377,7 @@ def test_shape_mismatch_names_the_first_differences(tmp_path, two_epochs):
         nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 12)
     )
     with pytest.raises(CheckpointError) as info:
-        check_resumable(load_checkpoint(path), path, wider, "full", 3, 0.1)
+        check_resumable(_read(path), path, wider, "full", 3, 0.1)
     assert "1.weight is (32, 784), net has (64, 784)" in str(info.value)
     assert "1.bias is (32,), net has (64,)" in str(info.value)
     assert "; …" in str(info.value)  # four parameters differ, three are named
@@ -389,11 +390,86 @@ def test_checkpoint_path_that_is_a_folder_is_refused(tmp_path):
 
 def test_save_checkpoint_replaces_atomically_and_reads_back(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"a": torch.arange(3)})
-    save_checkpoint(path, {"a": torch.arange(4)})
-    assert_close(torch.load(path, weights_only=True)["a"], torch.arange(4))
+    save_checkpoint(path, {"a": torch.arange(3)}, "model")
+    assert save_checkpoint(path, {"a": torch.arange(4)}, "model") == path
+    assert_close(load_checkpoint(path, "model")["a"], torch.arange(4))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     with pytest.raises(pickle.UnpicklingError):
-        save_checkpoint(path, {"a": _Payload()})  # could never be loaded back: not written
-    assert_close(torch.load(path, weights_only=True)["a"], torch.arange(4))
+        save_checkpoint(path, {"a": _Payload()}, "model")  # could never be loaded: not written
+    assert_close(load_checkpoint(path, "model")["a"], torch.arange(4))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+# --- the format itself: the header, the kinds, one reader -----------------------------------
+
+
+def test_the_file_is_a_header_and_the_state(tmp_path):
+    path = save_checkpoint(tmp_path / "d.pt", {"step": 3}, "distributed")
+    raw = torch.load(path, weights_only=True)
+    assert raw == {"format": "d2l_utils", "version": 1, "kind": "distributed", "state": {"step": 3}}
+    assert load_checkpoint(path, "distributed", required=["step"]) == {"step": 3}
+
+
+def test_unknown_kinds_are_a_programming_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown kind 'weights'"):
+        save_checkpoint(tmp_path / "c.pt", {}, "weights")
+    with pytest.raises(ValueError, match="unknown kind 'weights'"):
+        load_checkpoint(tmp_path / "c.pt", "weights")
+
+
+class _Custom:
+    """A class of the caller's: plain pickle stores it, weights_only refuses it."""
+
+
+def _bad_files() -> dict[str, tuple[Callable[[Path], object], str]]:
+    def save(obj):
+        return lambda p: torch.save(obj, p)
+
+    def text(data: bytes):
+        return lambda p: p.write_bytes(data)
+
+    return {
+        "missing": (lambda p: None, "does not exist"),
+        "folder": (lambda p: p.mkdir(), "is a folder"),
+        "text": (text(b"epoch 3\nloss 0.5\n"), "is not a file written by torch.save"),
+        "empty": (text(b""), "is not a file written by torch.save"),
+        "plain pickle": (lambda p: p.write_bytes(pickle.dumps({"a": 1})), "torch.save"),
+        "custom object": (save(_header({"x": _Custom()})), "test_checkpoint._Custom, which is "
+                          "not plain data"),
+        "code": (save(_header({"x": _Payload()})), "_side_effect, which is not plain data"),
+        "a tensor": (save(torch.ones(2)), "not a d2l_utils file (it holds a Tensor)"),
+        "state_dict": (save(nn.Linear(2, 2).state_dict()), "it holds a bare state_dict"),
+        "old format": (save({"format": "d2l_utils.train_ch6 checkpoint", "version": 1}),
+                       "format 'd2l_utils.train_ch6 checkpoint'"),
+        "version": (save({**_header({}), "version": 2}), "2, this d2l_utils reads version 1"),
+        "kind": (save(_header({}, "model")), "is a model file (d2l_utils.predict.save_model), "
+                 "not a train_ch6 checkpoint"),
+        "no state": (save({**_header({}), "state": [1]}), "holds no state dict"),
+        "keys": (save(_header({"epoch": 1})), "lacks examples_seen, history, loader"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_bad_files()))
+def test_the_reader_refuses_a_bad_file_in_one_line_naming_it(tmp_path, case):
+    write, message = _bad_files()[case]
+    path = tmp_path / "run.pt"
+    write(path)
+    _RAN.clear()
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, "train_ch6", required=d2l_utils.robust.KEYS)
+    text = str(info.value)
+    assert text.startswith(f"checkpoint {path} ") and "\n" not in text
+    assert message in text
+    assert not _RAN  # the pickled code never ran
+    if case not in ("missing", "folder"):
+        assert text.endswith("delete it to start over, or pass another checkpoint= path")
+
+
+def test_each_kind_has_its_own_words(tmp_path):
+    path = save_checkpoint(tmp_path / "run.pt", {}, "train_ch6")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, "model")
+    assert str(info.value) == (
+        f"model file {path} is a train_ch6 checkpoint, not a model file "
+        "(d2l_utils.predict.save_model); pass a file written by d2l_utils.predict.save_model"
+    )

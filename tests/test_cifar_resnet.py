@@ -1,4 +1,4 @@
-"""Tests of d2l_utils.cifar_resnet: the CIFAR-style plain and residual networks."""
+"""Tests of d2l_utils.models.cifar_resnet: the CIFAR-style plain and residual networks."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from d2l_utils import cifar_resnet as C
-from d2l_utils.cifar_resnet import CifarBlock, CifarResNet, layer_grad_norms
-from d2l_utils.resnet import ShortcutA
+from d2l_utils.models import cifar_resnet as C
+from d2l_utils.models.cifar_resnet import CifarBlock, CifarResNet, layer_grad_norms
+from d2l_utils.models.resnet import ShortcutA
 
 
 def _expected_params(depth: int, in_channels: int = 3, num_classes: int = 10) -> int:

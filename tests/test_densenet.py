@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from d2l_utils import densenet as densenet_module
-from d2l_utils.densenet import DenseBlock, DenseNet, conv_block, densenet, transition_block
+from d2l_utils.models import densenet as densenet_module
+from d2l_utils.models.densenet import DenseBlock, DenseNet, conv_block, densenet, transition_block
 
 
 def _bn_relu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import d2l_utils as d2l
-from d2l_utils.cifar_resnet import resnet20
-from d2l_utils.densenet import densenet
 from d2l_utils.device import amp_dtype, autocast, grad_scaler, prefers_channels_last
-from d2l_utils.lenet import lenet, lenet_bn
-from d2l_utils.resnet import d2l_resnet18
+from d2l_utils.models.cifar_resnet import resnet20
+from d2l_utils.models.densenet import densenet
+from d2l_utils.models.lenet import lenet, lenet_bn
+from d2l_utils.models.resnet import d2l_resnet18
 
 CPU = torch.device("cpu")
 

@@ -1,12 +1,13 @@
 """Data parallelism on CPUs: 2-process Gloo jobs against one process with the whole batch.
 
-* synchronized batch norm (``d2l_utils.batchnorm`` with a process group) on shards of a batch
+* synchronized batch norm (``d2l_utils.models.batchnorm`` with a process group) on shards of a batch
   equals ``nn.BatchNorm`` on the whole batch: outputs, input and parameter gradients, running
   statistics;
 * ``d2l_utils.distributed`` with 2 processes and synchronized batch norm takes the steps one
   process takes with the global batch; without synchronization it does not;
 * a rank killed mid-epoch under ``torchrun --max-restarts=1`` resumes from the checkpoint and
-  ends with the weights of an uninterrupted run; a checkpoint of 2 processes refuses 1.
+  ends with the weights of an uninterrupted run; a checkpoint of 2 processes refuses 1; a damaged
+  or foreign checkpoint ends the script with one line naming it.
 
 The worker functions live at module level so that ``torch.multiprocessing.spawn`` can import them.
 """
@@ -29,9 +30,9 @@ from torch import nn
 from torch.testing import assert_close
 
 from d2l_utils import distributed
-from d2l_utils.batchnorm import BatchNorm, convert_sync_batchnorm
-from d2l_utils.checkpoint import CheckpointError
+from d2l_utils.checkpoint import CheckpointError, save_checkpoint
 from d2l_utils.data import BatchLoader, load_sample
+from d2l_utils.models.batchnorm import BatchNorm, convert_sync_batchnorm
 
 WORLD = 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,8 +353,7 @@ def test_killed_rank_resumes_from_the_checkpoint_with_the_same_weights(tmp_path,
 
 def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
     state = {
-        "format": distributed.FORMAT,
-        "version": distributed.VERSION,
+        **dict.fromkeys(distributed.STATE_KEYS),  # refused before any of these is used
         "world_size": 1,
         "settings": {
             "model": "resnet8",
@@ -366,20 +366,51 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
             "dtype": "float32",
         },
     }
-    torch.save(state, tmp_path / "c.ckpt")
+    save_checkpoint(tmp_path / "c.ckpt", state, "distributed")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(CheckpointError, match="--batch-size=128, this run has 256"):
         distributed.main(["--model", "resnet8", "--checkpoint", str(tmp_path / "c.ckpt")])
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="is not a file written by torch.save"):
         distributed.load_state(tmp_path / "bad.ckpt")
+    assert distributed.load_state(tmp_path / "none.ckpt") is None  # a run that starts afresh
 
 
-def test_bad_model_names_and_batch_sizes_are_refused():
-    with pytest.raises(ValueError, match="resnet18 or resnetN"):
-        distributed.build_model("vgg11", sync_bn=False)
-    assert distributed.parse_args(["--batch-size", "64"]).batch_size == 64
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: p.write_bytes(b"PK\x03\x04 cut short"), "is not a file written by torch.save"),
+        (lambda p: save_checkpoint(p, {"arch": "resnet8"}, "model"),
+         "is a model file (d2l_utils.predict.save_model), not a d2l_utils.distributed checkpoint"),
+        (lambda p: save_checkpoint(p, {"epoch": 1}, "distributed"), "lacks epoch_rng, history"),
+    ],
+    ids=["damaged", "foreign", "incomplete"],
+)  # fmt: skip
+def test_the_script_answers_a_bad_checkpoint_in_one_line(tmp_path, write, message):
+    path = tmp_path / "run.ckpt"
+    write(path)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "d2l_utils.distributed", "--model", "resnet8",
+           "--threads", "1", "--checkpoint", str(path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"d2l_utils.distributed: error: checkpoint {path} ")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert message in proc.stderr
+    assert proc.stderr.rstrip().endswith(
+        "delete it to start over, or pass another --checkpoint path"
+    )
+
+
+def test_bad_model_names_and_batch_sizes_are_refused(capsys):
+    with pytest.raises(ValueError, match="unknown architecture 'vgg11'"):
+        distributed.make_model("vgg11", sync_bn=False)
+    with pytest.raises(SystemExit):
+        distributed.parse_args(["--model", "vgg11"])
+    assert "--model vgg11: unknown architecture 'vgg11'" in capsys.readouterr().err
+    args = distributed.parse_args(["--batch-size", "64", "--model", "resnet8"])
+    assert (args.batch_size, args.model) == (64, "resnet8")
 
 
 # ---------------------------------------------------------------- against nn.SyncBatchNorm (CUDA)

@@ -6,7 +6,7 @@
   ``dataset``, every image exactly once per epoch, seeded shuffling;
 * :func:`d2l_utils.train_ch6` and :func:`d2l_utils.evaluate_accuracy_gpu`, which keep their
   metrics on the device, against the book's loop, which reads them back after every batch
-  (:mod:`d2l_utils.reference`, the same loop the benchmark times as the textbook path).
+  (:mod:`benchmarks.reference`, the same loop the benchmark times as the textbook path).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from torch import nn
 from torch.testing import assert_close
 from torchvision import transforms
 
+import benchmarks.reference
 import d2l_utils.plot
-import d2l_utils.reference
 import d2l_utils.train
+from benchmarks.reference import book_evaluate, book_train_ch6, book_transform
 from d2l_utils import evaluate_accuracy_gpu, init_weights, train_ch6
 from d2l_utils.data import BatchLoader, FashionMNIST, load_sample, resize_batch
-from d2l_utils.reference import book_evaluate, book_train_ch6, book_transform
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +278,7 @@ def test_channels_last_computes_the_same_step(sample):
 
 def test_the_reference_loop_shares_no_code_with_the_loop_it_checks():
     """An oracle importing train_ch6's helpers (init, accuracy, Accumulator) could share a bug."""
-    tree = ast.parse(inspect.getsource(d2l_utils.reference))
+    tree = ast.parse(inspect.getsource(benchmarks.reference))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not any(name.startswith("d2l_utils") for name in imported), imported

@@ -1,4 +1,5 @@
-"""d2l_utils.lenet: shapes, parameter counts, scratch vs. PyTorch batch norm, the bias before BN."""
+"""d2l_utils.models.lenet: shapes, parameter counts, scratch vs. PyTorch batch norm, the bias
+before BN."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from d2l_utils.batchnorm import BatchNorm
-from d2l_utils.lenet import lenet, lenet_bn
+from d2l_utils.models.batchnorm import BatchNorm
+from d2l_utils.models.lenet import lenet, lenet_bn
 
 
 def _conv(c_in: int, c_out: int, k: int, bias: bool = True) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -45,3 +46,12 @@ def test_count_params_and_flops_match_torchvision_resnet18():
     assert count_params(net) == meta["num_params"]
     # torchvision lists GFLOPS counting one multiply-add as one operation, to 3 decimals.
     assert round(count_flops(net, (1, 3, 224, 224)) / 2 / 1e9, 3) == meta["_ops"]
+
+
+def test_a_failing_count_leaves_a_training_net_training():
+    # The input does not fit the net, so the forward pass raises inside the eval-mode block:
+    # the net must come back in training mode, or its batch norm would stop learning statistics.
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).train()
+    with pytest.raises(RuntimeError):
+        count_flops(net, (2, 5))
+    assert all(m.training for m in net.modules())

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import d2l_utils.memory
-from d2l_utils.densenet import DenseBlock, densenet
 from d2l_utils.device import amp_dtype
 from d2l_utils.memory import NOT_MEASURABLE, StepMemory, saved_tensor_bytes, training_step_memory
+from d2l_utils.models.densenet import DenseBlock, densenet
 
 _MIB = 2**20
 

@@ -11,7 +11,7 @@ import torch
 from torch.testing import assert_close
 
 import d2l_utils as d2l
-from d2l_utils.plot import EpochLog
+from d2l_utils.train import EpochLog
 
 matplotlib.use("Agg")  # figures are only inspected
 
@@ -51,23 +51,37 @@ class _Points:
         self.calls.append((x, tuple(y)))
 
 
+class _Metric:
+    """Stands in for train_ch6's running metrics: a fixed mean loss and accuracy."""
+
+    def mean(self):
+        return 0.4, 0.8
+
+
+def _plotted_batches(num_batches: int) -> list[int]:
+    log = EpochLog(3, live_plot=False)
+    log.animator = points = _Points()
+    log.start_epoch(0, num_batches)
+    for _ in range(num_batches):
+        log.step(0, _Metric())
+    return [round(x * num_batches) for x, _ in points.calls]  # 1-based batch numbers
+
+
 def test_epoch_log_points_are_the_books_rule():
-    log = EpochLog(3, _Points())
     # The book: after every (num_batches // 5)-th batch and after the last one.
-    assert sorted(log.points(12)) == [1, 3, 5, 7, 9, 11]
-    assert sorted(log.points(23)) == [3, 7, 11, 15, 19, 22]
-    assert sorted(log.points(3)) == [0, 1, 2]  # the book's rule would divide by zero
-    assert EpochLog(3, None).points(12) == set()  # printing lines: no plot points to read
+    assert _plotted_batches(12) == [2, 4, 6, 8, 10, 12]
+    assert _plotted_batches(23) == [4, 8, 12, 16, 20, 23]
+    assert _plotted_batches(3) == [1, 2, 3]  # the book's rule would divide by zero
 
 
 def test_epoch_log_plots_in_a_notebook_and_prints_lines_elsewhere():
-    points = _Points()
-    plotted, printed = EpochLog(2, points), EpochLog(2, None)
+    plotted, printed = EpochLog(2, live_plot=False), EpochLog(2, live_plot=False)
+    plotted.animator = points = _Points()
     out = io.StringIO()
     with redirect_stdout(out):
         for log in (plotted, printed):
-            log.replay([0.9], [0.6], [0.5])
-            log.batch(1.5, 0.4, 0.8)
+            log.start_epoch(1, 2)
+            log.step(1, _Metric())
             log.end_epoch(1, 0.4, 0.8, 0.75, 1.25)
-    assert points.calls == [(1, (0.9, 0.6, 0.5)), (1.5, (0.4, 0.8, None)), (2, (None, None, 0.75))]
+    assert points.calls == [(1.5, (0.4, 0.8, None)), (2, (None, None, 0.75))]
     assert out.getvalue() == "epoch 2/2: loss 0.400, train acc 0.800, test acc 0.750 (1.2 s)\n"

@@ -1,4 +1,5 @@
-"""d2l_utils.profiles: which profile is active, what each one changes, and the line that says so.
+"""Run profiles (in d2l_utils.data): which profile is active, what each one changes, and the line
+that says so.
 
 The quick and full profiles read the full dataset: those tests take ``fashion_mnist_full``
 (tests/conftest.py), which finds it through ``D2L_DATA_DIR`` and skips them where there is none.
@@ -13,14 +14,21 @@ import torch
 from torch import nn
 
 import d2l_utils as d2l
-from d2l_utils.data import BatchLoader, FashionMNIST
-from d2l_utils.profiles import PROFILES, Profile, default_profile_name, get_profile
+from d2l_utils.data import (
+    PROFILES,
+    BatchLoader,
+    FashionMNIST,
+    Profile,
+    default_profile_name,
+    get_profile,
+)
 
 FULL_RUN = "set D2L_PROFILE=full for the book's run"
 
 
 def _set_gpu(monkeypatch, cuda: bool, mps: bool) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(cuda))
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
 
 

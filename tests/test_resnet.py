@@ -1,4 +1,5 @@
-"""d2l_utils.resnet against torchvision's ResNets and blocks, and the residual block's promises."""
+"""d2l_utils.models.resnet against torchvision's ResNets and blocks, and the residual block's
+promises."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from torch import nn
 from torch.testing import assert_close
 from torchvision.models import resnet as tv
 
-from d2l_utils import resnet as R
 from d2l_utils.measure import count_params
+from d2l_utils.models import resnet as R
 
 
 def _randomize_bn(net: nn.Module, gen: torch.Generator) -> None:

@@ -8,6 +8,7 @@ import pytest
 from torch import nn
 
 import d2l_utils as d2l
+from d2l_utils.results import record_result
 
 
 def test_record_result_appends_a_json_line(tmp_path, monkeypatch):
@@ -19,8 +20,8 @@ def test_record_result_appends_a_json_line(tmp_path, monkeypatch):
     results = tmp_path / "results.jsonl"
     monkeypatch.setenv("D2L_RESULTS", str(results))
     monkeypatch.setenv("D2L_NOTEBOOK", "03_resnet18_fashion_mnist")
-    row = d2l.record_result("tiny", net, history, note="x")
-    d2l.record_result("tiny again", net, history)
+    row = record_result("tiny", net, history, note="x")
+    record_result("tiny again", net, history)
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert rows[0] == row and rows[1]["model"] == "tiny again"
     assert row["notebook"] == "03_resnet18_fashion_mnist" and row["model"] == "tiny"
@@ -34,7 +35,7 @@ def test_record_result_without_d2l_results_writes_nothing(tmp_path, monkeypatch)
     monkeypatch.delenv("D2L_RESULTS", raising=False)
     monkeypatch.chdir(tmp_path)
     history = d2l.History(train_acc=[0.5], test_acc=[0.5], examples_per_sec=1.0, num_epochs=1)
-    assert d2l.record_result("m", nn.Linear(2, 2), history)["parameters"] == 6
+    assert record_result("m", nn.Linear(2, 2), history)["parameters"] == 6
     assert list(tmp_path.iterdir()) == []
 
 
@@ -45,5 +46,5 @@ def test_an_interrupted_run_is_never_recorded(tmp_path, monkeypatch):
         train_acc=[0.5], test_acc=[0.5], examples_per_sec=1.0, num_epochs=1, interrupted=True
     )
     with pytest.raises(ValueError, match="'m' was interrupted after 1 of its epochs"):
-        d2l.record_result("m", nn.Linear(2, 2), history)
+        record_result("m", nn.Linear(2, 2), history)
     assert not results.exists()

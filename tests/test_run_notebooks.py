@@ -15,8 +15,8 @@ import pytest
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 from nbformat.v4 import new_code_cell, new_notebook
 
-from d2l_utils.data import FILES, default_root
-from d2l_utils.profiles import PROFILES
+from d2l_utils.data import PROFILES
+from d2l_utils.fashion_mnist import FILES, default_root
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "run_notebooks.py"
 _spec = importlib.util.spec_from_file_location("run_notebooks", SCRIPT)

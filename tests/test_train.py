@@ -20,12 +20,13 @@ from torch.nn import functional as F
 from torch.testing import assert_close
 
 import d2l_utils as d2l
+import d2l_utils.robust
 import d2l_utils.train
-import d2l_utils.training_run
 from d2l_utils.checkpoint import load_checkpoint
 from d2l_utils.data import BatchLoader, FashionMNIST, load_sample
-from d2l_utils.lenet import lenet, lenet_bn
+from d2l_utils.models.lenet import lenet, lenet_bn
 from d2l_utils.plot import Animator
+from d2l_utils.results import record_result
 
 matplotlib.use("Agg")  # conftest.py sets it too; figures are only inspected
 
@@ -524,7 +525,7 @@ def test_interrupt_inside_a_batch_finishes_the_bookkeeping_then_stops_the_cell(
         for name in ("first", "second"):
             started.append(name)
             history = train(net, loaders, num_epochs=3)
-            d2l.record_result(name, net, history)
+            record_result(name, net, history)
 
     with pytest.raises(KeyboardInterrupt) as info:
         cell()
@@ -542,7 +543,7 @@ def test_interrupt_inside_a_batch_finishes_the_bookkeeping_then_stops_the_cell(
     assert len(history.train_loss) == len(history.test_acc) == len(history.epoch_time) == 1
     assert history.examples_per_sec > 0 and history.total_time > 0
     with pytest.raises(ValueError, match="interrupted"):
-        d2l.record_result("first", net, history)
+        record_result("first", net, history)
 
     # The weights are those after exactly N_BATCHES + 2 steps of the book's plain loop.
     reference = mlp()
@@ -567,7 +568,7 @@ def test_interrupt_during_evaluation_leaves_the_net_in_training_mode(capsys):
 
 
 def test_loss_limit_is_for_mean_cross_entropy_only():
-    limit = d2l_utils.training_run.loss_limit
+    limit = d2l_utils.robust.loss_limit
     assert limit(nn.CrossEntropyLoss(), 10) == pytest.approx(1000 * math.log(10))
     assert limit(nn.CrossEntropyLoss(label_smoothing=0.1), 4) == pytest.approx(1000 * math.log(4))
     assert limit(nn.CrossEntropyLoss(reduction="sum"), 10) == math.inf
@@ -658,7 +659,8 @@ def test_divergence_in_a_later_epoch_keeps_the_last_completed_epoch(tmp_path, ca
               checkpoint=path)  # fmt: skip
     assert info.value.epoch == 2 and info.value.history.num_epochs == 1
     assert "reset to the end of epoch 1" in str(info.value)
-    saved = load_checkpoint(path)  # written after epoch 1, never with the diverged state
+    # Written after epoch 1, never with the diverged state:
+    saved = load_checkpoint(path, "train_ch6", required=d2l_utils.robust.KEYS)
     assert saved["epoch"] == 1
     assert_equal_states(snapshot(net), saved["model"])
     momentum = [opt.state[p]["momentum_buffer"] for p in net.parameters()]
@@ -762,6 +764,38 @@ def test_training_and_evaluation_run_in_the_same_layout_and_precision(capsys, op
     assert d2l.device.prefers_channels_last(net)
     probe_run(net, **options)
     assert net.seen == {(True, layout, amp), (False, layout, amp)}
+
+
+def _layout(net: nn.Module) -> set[bool]:
+    """For each 4-d weight of ``net``: is it stored channels_last (and not also contiguous)?"""
+    return {
+        p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in net.parameters()
+        if p.dim() == 4
+    }
+
+
+def test_the_net_comes_back_in_the_memory_format_it_came_in(capsys):
+    net = Probe()
+    probe_run(net)  # trains in channels_last (the defaults on a CPU, see above)
+    assert (True, True, None) in net.seen and _layout(net) == {False}
+    # A net the caller keeps in channels_last stays there.
+    kept = Probe().to(memory_format=torch.channels_last)
+    assert _layout(kept) == {True}
+    probe_run(kept)
+    assert _layout(kept) == {True}
+
+
+def test_seed_restarts_the_training_loaders_shuffle_from_the_seed(capsys):
+    train_iter, test_iter = loaders()
+    state = train_iter.generator.get_state()
+    d2l.train_ch6(linear_net(), train_iter, test_iter, 1, 0.1, "cpu", profile="full")
+    drawn = train_iter.generator.get_state()
+    assert not torch.equal(drawn, state)  # one epoch drew its permutation, as any loop would
+    d2l.train_ch6(linear_net(), train_iter, test_iter, 1, 0.1, "cpu", seed=3, profile="full")
+    expected = torch.Generator().manual_seed(3)
+    torch.randperm(len(train_iter.dataset), generator=expected)  # the epoch's one draw
+    assert torch.equal(train_iter.generator.get_state(), expected.get_state())
 
 
 def test_evaluate_accuracy_gpu_options():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,9 +14,9 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.transforms import v2
 
-from d2l_utils import transfer
+from d2l_utils import predict, transfer
+from d2l_utils.models.resnet import resnet18
 from d2l_utils.predict import load_model
-from d2l_utils.resnet import resnet18
 
 NAMES = ["sandal", "shirt", "ankle boot"]
 
@@ -45,7 +47,7 @@ def test_image_folder_layout_and_class_indices(tmp_path):
     assert folder.classes == sorted(NAMES)
     indices = transfer.save_class_indices(tmp_path / "class_indices.json", folder.class_to_idx)
     assert json.loads(indices.read_text()) == {"0": "ankle boot", "1": "sandal", "2": "shirt"}
-    assert transfer.load_class_indices(indices) == folder.classes
+    assert predict.load_class_indices(indices) == folder.classes
 
 
 def test_png_round_trip_gives_back_the_tensors(tmp_path):
@@ -75,7 +77,7 @@ def test_load_class_indices_rejects_tables_that_are_not_0_to_k(tmp_path, table):
     path = tmp_path / "class_indices.json"
     path.write_text(json.dumps(table))
     with pytest.raises(ValueError, match="'0'..'K-1'"):
-        transfer.load_class_indices(path)
+        predict.load_class_indices(path)
 
 
 def test_save_class_indices_rejects_gaps(tmp_path):
@@ -303,3 +305,15 @@ def test_fine_tune_with_best_evaluates_every_epoch(tmp_path):
     assert best.best_epoch == result.val_acc.index(max(result.val_acc)) + 1
     with pytest.raises(ValueError, match="val_iter"):
         transfer.fine_tune(net, _batches(1), opt, 1, best=best)
+
+
+# --- the modules ------------------------------------------------------------------------------
+
+
+def test_transfer_builds_on_predict_and_never_the_other_way_round():
+    # The prediction command loads without the training side; no import cycle.
+    code = "import sys, d2l_utils.predict; print('d2l_utils.transfer' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout == "False\n", result.stderr
+    assert transfer.eval_transform is predict.eval_transform  # still importable from here
+    assert transfer.save_class_indices is predict.save_class_indices

@@ -1,8 +1,9 @@
 """CIFAR-style residual networks and their plain twins (He et al., 2015, section 4.2).
 
-The ImageNet ResNets in :mod:`d2l_utils.resnet` open with a 7x7 stride-2 convolution and a max
-pool, which would shrink a 28x28 image to 7x7 before the first block.  For small images the paper
-uses a thinner design whose depth is a single knob: a 3x3 stem with 16 channels, three stages of
+The ImageNet ResNets in :mod:`d2l_utils.models.resnet` open with a 7x7 stride-2 convolution and a
+max pool, which would shrink a 28x28 image to 7x7 before the first block.  For small images the
+paper uses a thinner design whose depth is a single knob: a 3x3 stem with 16 channels, three
+stages of
 ``2n`` 3x3 convolutions with 16, 32 and 64 channels (the first convolution of stages 2 and 3 has
 stride 2), global average pooling and a linear layer: ``6n + 2`` weighted layers.
 
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from d2l_utils.resnet import ShortcutA, conv1x1, conv3x3, he_init_
+from d2l_utils.models.resnet import ShortcutA, conv1x1, conv3x3, he_init_
 
 __all__ = [
     "CifarBlock",
@@ -63,8 +64,8 @@ class CifarBlock(nn.Module):
         planes: output channels; the output is ``(B, planes, ceil(H/stride), ceil(W/stride))``.
         stride: stride of the first convolution.
         residual: add the shortcut (``False``: the plain block).
-        shortcut: where the shape changes, ``"A"`` (:class:`~d2l_utils.resnet.ShortcutA`: zero
-            padding, no parameters) or ``"B"`` (1x1 convolution, with batch norm when
+        shortcut: where the shape changes, ``"A"`` (:class:`~d2l_utils.models.resnet.ShortcutA`:
+            zero padding, no parameters) or ``"B"`` (1x1 convolution, with batch norm when
             ``batch_norm``); elsewhere the shortcut is the identity.  Unused when plain.
         batch_norm: ``False`` builds the block without batch norm: ``bn1`` and ``bn2`` are
             ``nn.Identity`` (no parameters) and the convolutions get a bias instead.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from d2l_utils.batchnorm import BatchNorm
+from d2l_utils.models.batchnorm import BatchNorm
 
 __all__ = ["lenet", "lenet_bn"]
 
@@ -46,7 +46,7 @@ def lenet_bn(
     """The book's LeNet with batch norm: ``(B, 1, 28, 28)`` images to ``(B, 10)`` logits.
 
     Args:
-        scratch: use :class:`d2l_utils.batchnorm.BatchNorm` instead of ``nn.BatchNorm1d/2d``.
+        scratch: use :class:`d2l_utils.models.batchnorm.BatchNorm` instead of ``nn.BatchNorm1d/2d``.
             Both have the same ``state_dict`` keys and shapes.
         bias: give the layers that feed a batch-norm layer a bias.  The batch mean subtracts
             any constant shift, so such a bias is dead weight that BN's β replaces;

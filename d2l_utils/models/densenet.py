@@ -1,6 +1,6 @@
 """DenseNet (Huang et al., CVPR 2017): the book's, and torchvision's DenseNet-BC family.
 
-Two spellings live here, as in :mod:`d2l_utils.resnet`:
+Two spellings live here, as in :mod:`d2l_utils.models.resnet`:
 
 * The book's: :func:`conv_block`, :class:`DenseBlock`, :func:`transition_block` and
   :func:`densenet`, the small DenseNet the book trains on Fashion-MNIST (``state_dict`` keys are
