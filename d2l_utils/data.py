@@ -52,34 +52,16 @@ import torch
 from torch.nn import functional as F
 
 from d2l_utils.device import num_gpus
-from d2l_utils.fashion_mnist import (
-    FILES,
-    ChecksumError,
-    DataAccessError,
-    DataFileError,
-    DataRootError,
-    DatasetNotFoundError,
-    FashionMNIST,
-    default_root,
-    load_split,
-    resolve_root,
-)
+from d2l_utils.fashion_mnist import FashionMNIST, load_split, resolve_root
 
 __all__ = [
-    "FILES",  # FILES and default_root live in fashion_mnist; kept importable from here for tests
     "PROFILES",
     "TEXT_LABELS",
     "BatchLoader",
-    "ChecksumError",
-    "DataAccessError",
-    "DataFileError",
-    "DataRootError",
-    "DatasetNotFoundError",
     "FashionMNIST",
     "Profile",
     "capped_epochs",
     "default_profile_name",
-    "default_root",
     "get_fashion_mnist_labels",
     "get_profile",
     "integer",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from d2l_utils.data import FILES, default_root
+from d2l_utils.fashion_mnist import FILES, default_root
 
 TESTS = Path(__file__).resolve().parent
 
