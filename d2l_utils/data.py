@@ -33,9 +33,10 @@ by indexing it, converting to float and, when asked, resizing the whole batch at
 like a ``DataLoader`` (``len``, ``batch_size``, ``dataset``) without worker processes or PIL.
 
 Finding, downloading, checking and parsing the files is in :mod:`d2l_utils.fashion_mnist`, which
-a learner can skip; its errors are re-exported here.  Bad arguments (``batch_size``, ``resize``,
-``root``, ``shuffle_seed``, the profile) are ``ValueError`` naming the argument, checked by the
-small functions at the end of this module, which :mod:`d2l_utils.train` uses too.
+a learner can skip; its errors are importable from there and from ``d2l_utils``.  Bad arguments
+(``batch_size``, ``resize``, ``root``, ``shuffle_seed``, the profile) are ``ValueError`` naming the
+argument, checked by the small functions at the end of this module, which
+:mod:`d2l_utils.robust` uses too.
 """
 
 from __future__ import annotations
