@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-gpu run lab bench lint clean
+.PHONY: test test-gpu run lab bench lint check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-gpu: $(STAMP)
 ##   (checks the data first; DOWNLOAD=1 fetches missing dataset files)
 run: $(STAMP)
 	$(BIN)/python scripts/run_notebooks.py $(if $(DOWNLOAD),--download)
+
+## make check: is this machine ready? Python, torch, device, profile, data (exit 1 with the fix)
+check: $(STAMP)
+	$(BIN)/python -m d2l_utils.check
 
 ## make lab: JupyterLab on notebooks/
 lab: $(STAMP)

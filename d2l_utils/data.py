@@ -142,13 +142,12 @@ def get_profile(profile: str | Profile | None = None) -> Profile:
     """
     if isinstance(profile, Profile):
         return profile
-    source, given = "profile", profile
-    if profile is None:
-        source, given = "D2L_PROFILE", os.environ.get("D2L_PROFILE", "")
+    given = os.environ.get("D2L_PROFILE", "") if profile is None else profile
     name = given.strip().lower() or default_profile_name()  # unset or empty: the default
     if name not in PROFILES:
-        known = ", ".join(sorted(PROFILES))
-        raise ValueError(f"{source}={given!r} is not a known run profile; expected one of {known}")
+        source = "D2L_PROFILE" if profile is None else "profile"
+        raise ValueError(f"{source}={given!r} is not a known run profile; expected one of "
+                         f"{', '.join(sorted(PROFILES))}")  # fmt: skip
     return PROFILES[name]
 
 
@@ -272,8 +271,7 @@ class BatchLoader:
 
     def to(self, device: torch.device | str) -> BatchLoader:
         """Keep the uint8 images on ``device`` (once), so batches are built there; returns self."""
-        device = torch.device(device)
-        if self._images.device != device:
+        if self._images.device != torch.device(device):
             self._images = self.dataset.images.to(device)
             self._labels = self.dataset.labels.to(device)
         return self
@@ -302,9 +300,7 @@ class BatchLoader:
         drawing nothing.
         """
         n = len(self._labels)
-        if self.shuffle:
-            return torch.randperm(n, generator=self.generator)
-        return torch.arange(n)
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X, y)`` for the images at dataset positions ``indices``, built where :meth:`to` put

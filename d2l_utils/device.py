@@ -4,6 +4,7 @@ mixed precision and memory layout, eval mode for a block of code, and whether th
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -71,10 +72,8 @@ def prefers_channels_last(net: nn.Module) -> bool:
     faster at 96 px and the course's DenseNet and CIFAR ResNet-20 7-20 % faster at 28-32 px, but
     LeNet (6 and 16 channels) about 1.5x slower.  On GPUs it is what the tensor cores want.
     """
-    return any(
-        isinstance(m, nn.Conv2d) and m.out_channels >= CHANNELS_LAST_MIN_WIDTH
-        for m in net.modules()
-    )
+    return any(isinstance(m, nn.Conv2d) and m.out_channels >= CHANNELS_LAST_MIN_WIDTH
+               for m in net.modules())  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -85,38 +84,35 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
     net that was training in eval mode (its batch norms would stop updating their statistics).
     """
     was_training = net.training
-    net.eval()
     try:
-        yield net
+        yield net.eval()
     finally:
         net.train(was_training)
 
 
 def in_notebook() -> bool:
-    """Whether code runs in a Jupyter kernel (where figures can be shown and updated)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
+    """Whether code runs in a Jupyter kernel (where figures can be shown and updated).
+
+    Every Jupyter kernel has imported IPython: where it is not imported, this is no kernel."""
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and hasattr(ipython.get_ipython(), "kernel")
 
 
 def device_of(net: nn.Module) -> torch.device:
     """Where ``net``'s parameters are; the CPU for a net without parameters."""
-    param = next(iter(net.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
+    return next((p.device for p in net.parameters()), torch.device("cpu"))
 
 
 def in_layout(X: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """``X`` in ``channels_last`` memory format if asked and ``X`` is ``(B, C, H, W)``."""
-    if channels_last and X.dim() == 4:
-        return X.contiguous(memory_format=torch.channels_last)
-    return X
+    return X.contiguous(memory_format=torch.channels_last) if channels_last and X.dim() == 4 else X
 
 
-def amp_dtype(device: torch.device | str) -> torch.dtype | None:
-    """The mixed-precision dtype for training on ``device``, or ``None`` for plain fp32.
+def amp_dtype(device: torch.device | str,
+              amp: bool | torch.dtype | None = None) -> torch.dtype | None:  # fmt: skip
+    """The autocast dtype for training on ``device`` that ``amp=`` asks for (``None``: plain fp32).
+
+    ``amp=None`` (the default) asks for what the device does best:
 
     * CUDA with compute capability 8.0 or higher (A100, H100, RTX 30xx/40xx): ``bfloat16``,
       which has fp32's exponent range, so gradients need no scaling;
@@ -124,22 +120,25 @@ def amp_dtype(device: torch.device | str) -> torch.dtype | None:
       ``float16``, to be used with :class:`torch.amp.GradScaler` (see :func:`grad_scaler`);
     * the CPU and Apple's MPS: ``None``.  On a CPU bf16 autocast is slower than fp32 on most
       processors; MPS runs fp32.
+
+    ``amp=False`` (or ``torch.float32``): ``None``; ``amp=True``: the device's dtype, or bf16
+    where it has none (a CPU); a dtype: that dtype.
     """
+    if amp not in (None, True):  # False, or a dtype
+        return None if amp is False or amp == torch.float32 else amp
     device = torch.device(device)
     if device.type != "cuda":
-        return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if torch.cuda.get_device_capability(index) >= BF16_MIN_CAPABILITY:
-        return torch.bfloat16
-    return torch.float16
+        return torch.bfloat16 if amp else None  # asked for (amp=True): the CPU's autocast dtype
+    # The GPU it is given; "cuda" without an index (None) is the current device.
+    native = torch.cuda.get_device_capability(device.index) >= BF16_MIN_CAPABILITY
+    return torch.bfloat16 if native else torch.float16
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):
     """``torch.autocast`` on ``device`` in ``dtype``; does nothing when ``dtype`` is ``None``."""
-    device = torch.device(device)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> torch.amp.GradScaler:

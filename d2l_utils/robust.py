@@ -2,9 +2,9 @@
 skip this module.
 
 :class:`Run` is built before anything changes: it checks the arguments, caps the epochs to the
-run profile (saying so), reads and checks the checkpoint, and checks that the net has an output
-for every label.  Its :meth:`Run.guard` context wraps the loop, and :meth:`Run.epoch_done` is the
-loop's one call per epoch:
+run profile (saying so), reads and checks the checkpoint, checks that the net has an output for
+every label, and last seeds the run (``seed=``).  Its :meth:`Run.guard` context wraps the loop,
+and :meth:`Run.epoch_done` is the loop's one call per epoch:
 
 * a run that diverges (the running loss NaN/inf or above ``EXPLOSION`` times the chance level,
   or weights that became non-finite) is put back to its last good state and raises
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import Optimizer
 
 from d2l_utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from d2l_utils.data import capped_epochs, get_profile, integer, num_batches, positive_number
@@ -82,13 +83,15 @@ class Run:
         history: the run's :class:`~d2l_utils.train.History`, filled in here.
     """
 
-    def __init__(  # noqa: PLR0913 - the arguments of train_ch6 that the bookkeeping checks
-        self, net: nn.Module, train_iter: Iterable, test_iter: Iterable, num_epochs: int,
-        lr: float, profile: Any, seed: int | None, checkpoint: Any, history: Any,
-    ) -> None:  # fmt: skip
+    # Where the run is, for the interrupt line and the checkpoint (the loop sets the epoch's
+    # running metrics).
+    first_epoch = saved = seen = 0
+    metric, saving = None, False
+
+    def __init__(self, net: nn.Module, train_iter: Iterable, test_iter: Iterable, num_epochs: int,
+                 lr: float, profile: Any, seed: int | None, checkpoint: Any,
+                 history: Any) -> None:  # fmt: skip
         positive_number(lr, "lr")
-        if seed is not None:
-            integer(seed, "seed")
         self.num_batches = num_batches(train_iter, "train_iter")
         num_batches(test_iter, "test_iter")
         prof = get_profile(profile)
@@ -98,46 +101,29 @@ class Run:
         self.num_classes = _check_outputs(net, train_iter, test_iter)
         self.net, self.train_iter, self.lr, self.history = net, train_iter, lr, history
         history.profile = prof.name
-        self.first_epoch = self.saved = self.seen = 0
-        self.metric, self.saving = None, False  # the loop sets the epoch's running metrics
+        if seed is not None:  # last: a call that fails a check changes nothing
+            _seed(integer(seed, "seed"), train_iter)
 
     @contextlib.contextmanager
-    def guard(self, device: torch.device, opt: torch.optim.Optimizer, sched: Any,
-              loss_fn: nn.Module, log: Any) -> Iterator[None]:  # fmt: skip
+    def guard(self, opt: Optimizer, sched: Any, loss_fn: Any, log: Any) -> Iterator[None]:
         """Resume from the checkpoint, run the loop, and finish the bookkeeping however it ends."""
-        self.device, self.opt, self.sched, self.log = device, opt, sched, log
+        self.opt, self.sched, self.log = opt, sched, log
         self.limit = loss_limit(loss_fn, self.num_classes)
         if self.state is not None:
             self._resume()
-        self.history.device = str(device)
         self._keep()
         self.earlier, self.start = self.history.total_time, time.perf_counter()
         try:
             yield
-        except KeyboardInterrupt as exc:
-            self._interrupted(exc)
-            raise
-        except _Diverged as exc:
-            raise self._diverged(exc) from None
+        except (KeyboardInterrupt, _Diverged) as exc:  # the stop button; epoch_done's divergence
+            raise self._stopped(exc) from None
         self._finish()
 
     def epoch_done(self, metric: Any, test_acc: float, t: float) -> None:
-        """Check the epoch for divergence, record and show it, keep it as the last good state,
-        save it to the checkpoint."""
-        self._check(metric)
-        train_l, train_acc = metric.mean()
-        self.history.add_epoch(train_l, train_acc, test_acc, t)
-        self.seen += metric.count
-        self.log.end_epoch(self.history.num_epochs - 1, train_l, train_acc, test_acc, t)
-        self._keep()
-        if self.path is not None:
-            self._save()
-
-    # --- Divergence -----------------------------------------------------------------------------
-
-    def _check(self, metric: Any) -> None:
-        """Raise ``_Diverged`` when the running mean loss was NaN/inf or above the limit after
-        some step of the epoch, or when a weight is non-finite."""
+        """Check the epoch for divergence (raising ``_Diverged``, which :meth:`guard` reports):
+        the running mean loss NaN/inf or above the limit after some step, or a weight that is
+        non-finite.  Then record and show it, keep it as the last good state, save it to the
+        checkpoint."""
         if metric.count == 0:
             epoch = self.history.num_epochs + 1
             raise ValueError(f"train_iter yielded no batches in epoch {epoch}")
@@ -153,6 +139,24 @@ class Run:
                    if t.is_floating_point() and t.numel()]  # fmt: skip
         if largest and not torch.isfinite(torch.stack(largest)).all():
             raise _Diverged("the weights became non-finite", None)
+        train_l, train_acc = metric.mean()
+        self.history.add_epoch(train_l, train_acc, test_acc, t)
+        self.seen += metric.count
+        self.log.end_epoch(self.history.num_epochs - 1, train_l, train_acc, test_acc, t)
+        self._keep()
+        if self.path is not None:
+            self._save()
+
+    def _stopped(self, exc: KeyboardInterrupt | _Diverged) -> DivergenceError:
+        """Finish the bookkeeping of a run that stops early.  The stop button's exception goes on
+        as it is; divergence becomes the :class:`DivergenceError` that :meth:`guard` raises."""
+        self.log.close()
+        if isinstance(exc, KeyboardInterrupt):
+            self._interrupted(exc)
+            raise  # the KeyboardInterrupt being handled, unchanged (traceback, context)
+        return self._diverged(exc)
+
+    # --- Divergence -----------------------------------------------------------------------------
 
     def _loss_went_wrong(self, running: torch.Tensor, counts: torch.Tensor, i: int) -> _Diverged:
         mean = float(running[i]) / int(counts[i])
@@ -166,11 +170,8 @@ class Run:
 
     def _keep(self) -> None:
         """Copy the current state (net, optimizer, scheduler) as the last good one."""
-        self.good = (
-            {k: v.detach().clone() for k, v in self.net.state_dict().items()},
-            copy.deepcopy(self.opt.state_dict()),
-            copy.deepcopy(self.sched.state_dict()) if self.sched is not None else None,
-        )
+        sched = self.sched.state_dict() if self.sched is not None else None
+        self.good = copy.deepcopy((self.net.state_dict(), self.opt.state_dict(), sched))
 
     def _restore(self) -> None:
         model, optim, schedule = self.good
@@ -206,12 +207,10 @@ class Run:
         print(self._interrupt_line(), flush=True)
 
     def _finish(self) -> None:
-        """Close the progress bar; the totals of the history so far."""
-        self.log.close()
+        """The totals of the history so far."""
         h = self.history
         h.total_time = self.earlier + time.perf_counter() - self.start
-        if h.num_epochs:
-            h.examples_per_sec = self.seen / sum(h.epoch_time)
+        h.examples_per_sec = self.seen / sum(h.epoch_time) if h.num_epochs else math.nan
 
     def _where(self) -> tuple[int, str]:
         """The epoch (1-based) the run was in and what it was doing."""
@@ -278,7 +277,7 @@ class Run:
         )
         h = self.history
         for f in fields(h):
-            if f.name in saved:
+            if f.name in saved and f.name != "device":  # this run's device, not the saved one
                 setattr(h, f.name, saved[f.name])
         self.first_epoch = self.saved = h.num_epochs
         if self.first_epoch < self.num_epochs:
@@ -441,41 +440,48 @@ def _class_name(obj: object) -> str | None:
     return type(obj).__qualname__ if obj is not None else None
 
 
+def _seed(seed: int, train_iter: Iterable) -> None:
+    """Seed torch's generator (init, dropout and augmentation draw from it) and restart the
+    training loader's shuffle from ``seed`` (a ``BatchLoader``'s, or a ``DataLoader``'s own
+    generator)."""
+    torch.manual_seed(seed)
+    if isinstance(getattr(train_iter, "generator", None), torch.Generator):
+        train_iter.generator.manual_seed(seed)
+
+
 def _check_outputs(net: nn.Module, train_iter: Iterable, test_iter: Iterable) -> int | None:
     """Run the net on two test images and check that every label has an output; returns the
     number of classes ``C`` of its logits ``(B, C)`` (``None`` for other outputs).
 
     One tiny forward pass in eval mode, without gradients, where the net's parameters are: it
     changes no weight or statistic and draws from no shuffling generator (the test loader does
-    not shuffle), so a wrong last layer or input size fails before anything else happens.
+    not shuffle), so a wrong last layer or input size fails before anything else happens.  The
+    labels checked are all of a loader's dataset when it exposes them (no iteration, no random
+    draw), else, for the test loader, those of its first batch.
     """
     X, y = next(iter(test_iter))  # num_batches checked that there is one
-    X, y = X[:2].to(device_of(net)), y[:2].to(device_of(net))
     try:
         with eval_mode(net), torch.no_grad():
-            y_hat = net(X)
+            y_hat = net(X[:2].to(device_of(net)))
     except Exception as exc:
-        raise RuntimeError(
-            f"before training, net failed on a test batch X of shape {tuple(X.shape)}: {exc}"
-        ) from exc
+        raise RuntimeError(f"before training, net failed on a test batch X of shape "
+                           f"{tuple(X[:2].shape)}: {exc}") from exc  # fmt: skip
     if y_hat.dim() != 2:
         return None  # not (B, num_classes) logits: nothing to compare the labels with
-    for name, loader in (("train_iter", train_iter), ("test_iter", test_iter)):
-        # All labels when the loader's dataset exposes them (no iteration, no random draw).
+    for name, loader, fallback in (("train_iter", train_iter, None), ("test_iter", test_iter, y)):
         dataset = getattr(loader, "dataset", None)
         labels = getattr(dataset, "labels", getattr(dataset, "targets", None))
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or not len(labels):
-            labels = y if loader is test_iter else None
-        if labels is not None:
-            _check_labels(name, labels, y_hat.shape[1])
+            labels = fallback
+        if labels is not None and not 0 <= labels.min() <= labels.max() < y_hat.shape[1]:
+            raise _label_error(name, labels, y_hat.shape[1])
     return y_hat.shape[1]
 
 
-def _check_labels(name: str, labels: torch.Tensor, num_classes: int) -> None:
+def _label_error(name: str, labels: torch.Tensor, num_classes: int) -> ValueError:
     lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"{name} has labels {lo}..{hi}, but net outputs {num_classes} class scores, so labels "
-            f"must be 0..{num_classes - 1}; give the net's last layer {hi + 1} outputs or fix the "
-            "labels"
-        )
+    return ValueError(
+        f"{name} has labels {lo}..{hi}, but net outputs {num_classes} class scores, so labels "
+        f"must be 0..{num_classes - 1}; give the net's last layer {hi + 1} outputs or fix the "
+        "labels"
+    )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,7 +53,6 @@ __all__ = [
     "History",
     "Timer",
     "accuracy",
-    "autocast_dtype",
     "count_correct",
     "eval_mode",
     "evaluate_accuracy_gpu",
@@ -69,11 +67,10 @@ def train_ch6(  # noqa: C901, PLR0913 - the book's loop and arguments, then keyw
     net: nn.Module, train_iter: Iterable, test_iter: Iterable, num_epochs: int, lr: float,
     device: torch.device | str | None = None, *,
     optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
-    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-    loss: nn.Module | None = None, augment: Callable | None = None, init: bool = True,
-    seed: int | None = None, profile: Any = None, plot: bool = True,
-    amp: bool | torch.dtype | None = None, channels_last: bool | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None, loss: nn.Module | None = None,
+    augment: Callable | None = None, init: bool = True, seed: int | None = None,
+    profile: Any = None, plot: bool = True, amp: bool | torch.dtype | None = None,
+    channels_last: bool | None = None, checkpoint: str | os.PathLike[str] | None = None,
 ) -> History:  # fmt: skip
     """Train ``net`` the book's way and return what was measured.
 
@@ -100,7 +97,8 @@ def train_ch6(  # noqa: C901, PLR0913 - the book's loop and arguments, then keyw
         profile: run profile (name or :class:`~d2l_utils.data.Profile`); default
             ``D2L_PROFILE`` or the device's default.
         plot: draw the book's live plot in Jupyter.
-        amp: mixed precision, see :func:`autocast_dtype`; training and evaluation use the same.
+        amp: mixed precision, see :func:`~d2l_utils.device.amp_dtype`; training and evaluation
+            use the same.
         channels_last: memory format of the run; ``None``: as
             :func:`~d2l_utils.device.prefers_channels_last` decides for ``net``.
         checkpoint: a file path to save every epoch to and resume from
@@ -116,23 +114,16 @@ def train_ch6(  # noqa: C901, PLR0913 - the book's loop and arguments, then keyw
             ``KeyboardInterrupt``: the stop button, after one line saying how far the run got.
     """
     device = try_gpu() if device is None else torch.device(device)
-    history = History()
+    history = History(device=str(device))
+    # Checks the arguments, caps the epochs to the profile, seeds: d2l_utils.robust.
     run = Run(net, train_iter, test_iter, num_epochs, lr, profile, seed, checkpoint, history)
-    num_epochs = run.num_epochs  # capped by the profile
-    if seed is not None:
-        torch.manual_seed(seed)
-        generator = getattr(train_iter, "generator", None)
-        if isinstance(generator, torch.Generator):
-            generator.manual_seed(seed)  # the shuffle restarts from the seed
     if init:
         init_net(net, seed)
     print("training on", device)
     channels_last = prefers_channels_last(net) if channels_last is None else channels_last
-    amp = autocast_dtype(amp, device)  # bf16, fp16 (with a gradient scaler) or None: fp32
+    amp = amp_dtype(device, amp)  # bf16, fp16 (with a gradient scaler) or None: fp32
     came_contiguous = all(p.is_contiguous() for p in net.parameters())
-    net.to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
+    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     _move_loader(train_iter, device)
     if optimizer is None:
         optimizer = torch.optim.SGD(net.parameters(), lr=lr)
@@ -141,14 +132,13 @@ def train_ch6(  # noqa: C901, PLR0913 - the book's loop and arguments, then keyw
     sched = scheduler(optimizer) if scheduler is not None else None
     loss_fn = nn.CrossEntropyLoss() if loss is None else loss
     scaler = grad_scaler(device, amp) if amp == torch.float16 else None
-    log = EpochLog(num_epochs, plot and in_notebook())
-    timer = Timer()
-    with run.guard(device, optimizer, sched, loss_fn, log):  # the stop button, divergence, resume
-        for epoch in range(run.first_epoch, num_epochs):
+    log = EpochLog(run.num_epochs, plot and in_notebook())
+    with run.guard(optimizer, sched, loss_fn, log):  # the stop button, divergence, resume
+        for epoch in range(run.first_epoch, run.num_epochs):
             net.train()
             metric = run.metric = Metrics(device)  # loss sum, correct, examples: on the device
             log.start_epoch(epoch, run.num_batches)
-            timer.start()
+            start = time.perf_counter()
             for X, y in train_iter:
                 X, y = _to_device(X, y, device, channels_last)
                 if augment is not None:
@@ -158,17 +148,14 @@ def train_ch6(  # noqa: C901, PLR0913 - the book's loop and arguments, then keyw
                     sched.step()
                 metric.add(l, y_hat, y)
                 log.step(epoch, metric)
-            train_time = timer.stop()
-            test_acc = evaluate_accuracy_gpu(
-                net, test_iter, device, channels_last=channels_last, amp=amp or False
-            )
+            train_time = time.perf_counter() - start
+            test_acc = evaluate_accuracy_gpu(net, test_iter, device, channels_last=channels_last,
+                                             amp=amp or False)  # fmt: skip
             run.epoch_done(metric, test_acc, train_time)  # divergence check, history, checkpoint
     if channels_last and came_contiguous:
         net.to(memory_format=torch.contiguous_format)  # give the net back as it came
-    print(
-        f"loss {history.train_loss[-1]:.3f}, train acc {history.train_acc[-1]:.3f}, "
-        f"test acc {history.test_acc[-1]:.3f}"
-    )
+    print(f"loss {history.train_loss[-1]:.3f}, train acc {history.train_acc[-1]:.3f}, "
+          f"test acc {history.test_acc[-1]:.3f}")  # fmt: skip
     print(f"{history.examples_per_sec:.1f} examples/sec on {device}")
     return history
 
@@ -179,7 +166,8 @@ def train_step(net: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     """One step of :func:`train_ch6`: forward, loss, backward, update.
 
     Args:
-        dtype: autocast precision (``None``: fp32); ``scaler``: the gradient scaler fp16 needs.
+        dtype: autocast precision (``None``: fp32); ``scaler``: the gradient scaler fp16 needs
+            (:func:`~d2l_utils.device.grad_scaler`; ``None``: none, the book's plain step).
 
     Returns:
         The batch's loss and the logits, both detached.
@@ -188,7 +176,7 @@ def train_step(net: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     with autocast(X.device, dtype):
         y_hat = net(X)
         l = loss_fn(y_hat, y)
-    if scaler is None:
+    if scaler is None:  # the book's step
         l.backward()
         optimizer.step()
     else:  # scaled only in fp16, where small gradients underflow
@@ -212,11 +200,9 @@ def evaluate_accuracy_gpu(net: nn.Module, data_iter: Iterable,
     """
     device = device_of(net) if device is None else torch.device(device)
     channels_last = prefers_channels_last(net) if channels_last is None else channels_last
-    dtype = autocast_dtype(amp, device)
     _move_loader(data_iter, device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    with eval_mode(net), torch.no_grad(), autocast(device, dtype):
+    correct, count = torch.zeros((), dtype=torch.int64, device=device), 0
+    with eval_mode(net), torch.no_grad(), autocast(device, amp_dtype(device, amp)):
         for X, y in data_iter:
             X, y = _to_device(X, y, device, channels_last)
             correct += count_correct(net(X), y)
@@ -267,16 +253,13 @@ class Metrics:
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.count = 0
-        self.step_losses: list[torch.Tensor] = []  # loss x batch size of every step
-        self.step_sizes: list[int] = []
+        self.count, self.step_losses, self.step_sizes = 0, [], []  # loss x size, size of each step
 
     def add(self, l: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor) -> None:
         """One batch: its mean loss ``l``, logits ``y_hat (B, C)`` and labels ``y (B,)``."""
-        step_loss = l.float() * y.numel()
-        self.step_losses.append(step_loss)
+        self.step_losses.append(l.float() * y.numel())
         self.step_sizes.append(y.numel())
-        self.loss_sum += step_loss
+        self.loss_sum += self.step_losses[-1]
         self.correct += count_correct(y_hat, y)
         self.count += y.numel()
 
@@ -290,33 +273,34 @@ class EpochLog:
     and accuracy at five points per epoch, test accuracy at the end of each); elsewhere a line
     per epoch, and a progress bar while an epoch runs when the output is a terminal."""
 
+    LEGEND = ("train loss", "train acc", "test acc")
+
     def __init__(self, num_epochs: int, live_plot: bool) -> None:
         self.num_epochs, self.progress, self.animator = num_epochs, None, None
         if live_plot:  # matplotlib, in Jupyter only
             # One epoch (the smoke profile) has its points in (0, 1]: [1, 1] would be empty.
             xlim = [1, num_epochs] if num_epochs > 1 else [0, 1]
-            legend = ["train loss", "train acc", "test acc"]
-            self.animator = Animator(xlabel="epoch", xlim=xlim, legend=legend)
+            self.animator = Animator(xlabel="epoch", xlim=xlim, legend=self.LEGEND)
 
     def start_epoch(self, epoch: int, num_batches: int) -> None:
-        """Epoch ``epoch`` (0-based) begins: the batches after which the book draws a point
-        (every ``num_batches // 5``-th and the last), or a progress bar."""
-        self.num_batches, self.done, every = num_batches, 0, max(num_batches // 5, 1)
-        self.points = {i for i in range(every, num_batches + 1, every)} | {num_batches}
-        if self.animator is None and sys.stderr.isatty():
-            self.progress = tqdm(total=num_batches, desc=f"epoch {epoch + 1}", leave=False)
+        """Epoch ``epoch`` (0-based) begins; a progress bar in a terminal (tqdm's
+        ``disable=None``: none when stderr is no terminal), never beside the plot."""
+        self.batches, self.done, self.every = num_batches, 0, max(num_batches // 5, 1)
+        self.progress = tqdm(total=num_batches, desc=f"epoch {epoch + 1}", leave=False,
+                             disable=True if self.animator is not None else None)  # fmt: skip
 
     def step(self, epoch: int, metric: Metrics) -> None:
-        """One batch done: a plot point (one read from the device) or the progress bar."""
+        """One batch done: the progress bar, and the book's plot point (one read from the device)
+        after every ``num_batches // 5``-th batch (every batch when there are fewer than 5) and
+        after the last."""
         self.done += 1
-        if self.progress is not None:
-            self.progress.update()
-        if self.animator is not None and self.done in self.points:
-            self.animator.add(epoch + self.done / self.num_batches, (*metric.mean(), None))
+        self.progress.update()
+        if self.animator is not None and (self.done % self.every == 0 or self.done == self.batches):
+            self.animator.add(epoch + self.done / self.batches, (*metric.mean(), None))
 
     def end_epoch(self, epoch: int, loss: float, train_acc: float, test_acc: float, t: float):
         """Epoch ``epoch`` (0-based) done: its test accuracy on the plot, or its line."""
-        self.close()
+        self.progress.close()
         if self.animator is not None:
             self.animator.add(epoch + 1, (None, None, test_acc))
         else:
@@ -324,10 +308,9 @@ class EpochLog:
                   f"{train_acc:.3f}, test acc {test_acc:.3f} ({t:.1f} s)", flush=True)  # fmt: skip
 
     def close(self) -> None:
-        """Close the progress bar (also when the run stops early)."""
+        """Close the progress bar (also when the run stops early; closing twice is harmless)."""
         if self.progress is not None:
             self.progress.close()
-            self.progress = None
 
 
 # --- The book's small helpers -------------------------------------------------------------------
@@ -414,39 +397,27 @@ def init_net(net: nn.Module, seed: int | None = None) -> None:
     itself (a zero batch-norm scale) are kept.
     """
     if seed is not None:
-        torch.manual_seed(seed)
-        for m in net.modules():
-            if type(m) in (nn.Linear, nn.Conv2d):
-                m.reset_parameters()
+        _redraw(net, seed)
     net.apply(init_weights)
 
 
-def autocast_dtype(amp: bool | torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype an ``amp=`` option means on ``device`` (``None``: plain fp32).
-
-    ``None``: what the device does best, :func:`~d2l_utils.device.amp_dtype` (bf16 on CUDA
-    capability >= 8.0, fp16 with a gradient scaler on older GPUs, none on a CPU or MPS);
-    ``False``: fp32; ``True``: that dtype, or bf16 where the device has none (a CPU); a dtype.
-    """
-    if amp is None:
-        return amp_dtype(device)
-    if amp is False:
-        return None
-    if amp is True:
-        return amp_dtype(device) or torch.bfloat16
-    return None if amp == torch.float32 else amp
+def _redraw(net: nn.Module, seed: int) -> None:
+    """Seed torch's generator, then re-draw every ``nn.Linear``/``nn.Conv2d`` whole, with
+    PyTorch's default init."""
+    torch.manual_seed(seed)
+    for m in net.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):
+            m.reset_parameters()
 
 
-def _to_device(X: torch.Tensor, y: torch.Tensor, device: torch.device,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _to_device(X: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    """The batch ``(X, y)`` on ``device``, ``X`` in the run's memory format."""
     if device.type == "cuda" and X.device.type == "cpu":  # pinned: the copy overlaps compute
-        X = X.pin_memory().to(device, non_blocking=True)
-        y = y.pin_memory().to(device, non_blocking=True)
+        X, y = (t.pin_memory().to(device, non_blocking=True) for t in (X, y))
     return in_layout(X.to(device), channels_last), y.to(device)
 
 
 def _move_loader(data_iter: Iterable, device: torch.device) -> None:
     """Let a :class:`~d2l_utils.data.BatchLoader` build its batches on ``device``."""
-    mover = getattr(data_iter, "to", None)
-    if callable(mover) and hasattr(data_iter, "dataset"):
-        mover(device)
+    if callable(getattr(data_iter, "to", None)) and hasattr(data_iter, "dataset"):
+        data_iter.to(device)

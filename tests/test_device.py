@@ -8,12 +8,21 @@ has native bf16, what the book's ``try_gpu`` returns), not from the code's condi
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import torch
 from torch import nn
 
 import d2l_utils as d2l
-from d2l_utils.device import amp_dtype, autocast, grad_scaler, prefers_channels_last
+from d2l_utils.device import (
+    amp_dtype,
+    autocast,
+    grad_scaler,
+    in_notebook,
+    prefers_channels_last,
+)
 from d2l_utils.models.cifar_resnet import resnet20
 from d2l_utils.models.densenet import densenet
 from d2l_utils.models.lenet import lenet, lenet_bn
@@ -151,3 +160,31 @@ def test_channels_last_only_for_nets_with_wide_convolutions():
     assert prefers_channels_last(nn.Conv2d(3, 32, 3))
     for net in (d2l_resnet18(), densenet(), resnet20()):
         assert prefers_channels_last(net)
+
+
+# --- Jupyter -------------------------------------------------------------------------------------
+
+
+class _Shell:
+    """Stands in for IPython's shell: a Jupyter kernel's has ``kernel``, a terminal's has not."""
+
+    def __init__(self, kernel: bool) -> None:
+        if kernel:
+            self.kernel = object()
+
+
+@pytest.mark.parametrize(
+    ("ipython", "expected"),
+    [
+        (None, False),  # IPython not even imported: plain Python
+        (types.SimpleNamespace(get_ipython=lambda: None), False),  # imported, no shell running
+        (types.SimpleNamespace(get_ipython=lambda: _Shell(kernel=False)), False),  # a terminal
+        (types.SimpleNamespace(get_ipython=lambda: _Shell(kernel=True)), True),  # Jupyter
+    ],
+)
+def test_in_notebook_only_in_a_jupyter_kernel(monkeypatch, ipython, expected):
+    if ipython is None:
+        monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    else:
+        monkeypatch.setitem(sys.modules, "IPython", ipython)
+    assert in_notebook() is expected

@@ -23,11 +23,12 @@ MODULES = sorted(
     for p in PACKAGE.rglob("*.py")
 )
 
-# An ordinary call executes at most 300 lines of package code, in at most 4 modules (the book's
-# train_ch6 alone is 41 lines).  The functions it enters hold 403 lines of code (no docstrings,
-# comments or blank lines; 488 before the re-layout, in 8 modules): a ratchet, not yet the issue's
-# "about 300" -- lower it as the path gets shorter.
-MAX_LINES, MAX_FUNCTION_LINES, MAX_MODULES = 300, 405, 4
+# An ordinary call (no checkpoint=, no interrupt, no divergence) executes at most 300 lines of
+# package code (192 now), in at most 4 modules.  The functions it enters hold 303 lines of code (no
+# docstring, comment or blank line; 389 before this was lowered, 488 before the re-layout) and span
+# 463 lines of source with their docstrings: the issue's own measure, 667 lines in 8 modules before
+# the re-layout, 543 after it.  Both are ratchets: lower them as the path gets shorter.
+MAX_LINES, MAX_FUNCTION_LINES, MAX_SPAN_LINES, MAX_MODULES = 300, 303, 463, 4
 
 
 def code_lines(func) -> int:
@@ -45,6 +46,11 @@ def code_lines(func) -> int:
         for i, line in enumerate(lines, start=1)
         if i not in skip and line.strip() and not line.strip().startswith("#")
     )
+
+
+def span_lines(func) -> int:
+    """Lines of a function's whole source, docstring, comments and blank lines included."""
+    return len(inspect.getsource(func).splitlines())
 
 
 def executed_functions(call) -> tuple[dict[str, set], set]:
@@ -86,18 +92,21 @@ def test_an_ordinary_train_ch6_call_runs_a_short_path_through_few_modules(capsys
         lambda: d2l_utils.train_ch6(net, train_iter, test_iter, 1, 0.1, "cpu", profile="smoke")
     )
     assert "test acc" in capsys.readouterr().out
-    sizes = {}
+    sizes, spans = {}, {}
     for module, codes in seen.items():
         for code in codes:
             if code.co_name.startswith("<") or not code.co_filename.startswith(str(PACKAGE)):
                 continue  # a comprehension inside a counted function; a dataclass's __init__
             func = _function_of(sys.modules[module], code)
-            sizes[f"{module}.{code.co_qualname}"] = code_lines(func)
-    report = "\n".join(f"{n:4d} {name}" for name, n in sorted(sizes.items()))
-    total = sum(sizes.values())
-    print(f"{len(lines)} lines executed in {total} lines of code:\n{report}")
+            name = f"{module}.{code.co_qualname}"
+            sizes[name], spans[name] = code_lines(func), span_lines(func)
+    report = "\n".join(f"{sizes[name]:4d} {spans[name]:4d} {name}" for name in sorted(sizes))
+    total, span = sum(sizes.values()), sum(spans.values())
+    print(f"{len(lines)} lines executed, in functions of {total} lines of code and {span} lines "
+          f"of source (code, source, function):\n{report}")  # fmt: skip
     assert len(lines) <= MAX_LINES, f"{len(lines)} lines of package code run:\n{report}"
     assert total <= MAX_FUNCTION_LINES, f"{total} lines of code in the functions run:\n{report}"
+    assert span <= MAX_SPAN_LINES, f"{span} lines of source in the functions run:\n{report}"
     assert len(seen) <= MAX_MODULES, f"modules: {sorted(seen)}"
     # The book's loop is what a learner reads first: train_ch6 itself, and its step.
     assert {"d2l_utils.train.train_ch6", "d2l_utils.train.train_step"} <= set(sizes)

@@ -711,7 +711,10 @@ def fake_cuda(monkeypatch, capabilities: dict[int, tuple[int, int]], current: in
 
 def test_amp_option_means_by_device(monkeypatch):
     fake_cuda(monkeypatch, {0: (7, 5), 1: (8, 0)}, current=1)
-    dtype = d2l_utils.train.autocast_dtype
+
+    def dtype(amp, device):  # the dtype train_ch6 trains in for its amp= option
+        return d2l.device.amp_dtype(device, amp)
+
     cuda0, cuda1, cpu = torch.device("cuda:0"), torch.device("cuda:1"), torch.device("cpu")
     assert dtype(None, cuda0) == torch.float16  # a T4: no native bf16
     assert dtype(None, cuda1) == torch.bfloat16  # an A100
@@ -719,7 +722,9 @@ def test_amp_option_means_by_device(monkeypatch):
     assert dtype(None, cpu) is None and dtype(None, torch.device("mps")) is None
     assert dtype(False, cuda1) is None
     assert dtype(True, cuda0) == torch.float16 and dtype(True, cpu) == torch.bfloat16
+    assert dtype(True, torch.device("mps")) == torch.bfloat16
     assert dtype(torch.float16, cpu) == torch.float16 and dtype(torch.float32, cuda1) is None
+    assert dtype(torch.bfloat16, cuda0) == torch.bfloat16  # asked for: even where it is emulated
 
 
 def rgb_batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -813,7 +818,7 @@ def test_fp16_on_an_older_gpu_trains_with_the_gradient_scaler(monkeypatch, capsy
     with monkeypatch.context() as m:  # only while deciding: torch itself must see the CPU
         fake_cuda(m, {0: (7, 5)})
         t4 = d2l.device.amp_dtype(torch.device("cuda:0"))
-    monkeypatch.setattr(d2l_utils.train, "amp_dtype", lambda device: t4)
+    monkeypatch.setattr(d2l_utils.train, "amp_dtype", lambda device, amp=None: t4)
     scalers = []
 
     def recording_scaler(device, dtype):
