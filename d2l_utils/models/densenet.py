@@ -137,8 +137,9 @@ class DenseBlock(nn.Module):
                     _concat_then,
                     blk,
                     *features,
+                    # Non-reentrant, it stops recomputing as soon as the conv's saved input is
+                    # back (PyTorch's default "early stop", also in its older releases).
                     use_reentrant=False,
-                    early_stop=True,  # stop recomputing once the conv's saved input is back
                     context_fn=partial(_recompute_without_buffer_updates, blk),
                 )
             else:
@@ -252,8 +253,7 @@ class DenseLayer(nn.Module):
             narrow = checkpoint(
                 self.bottleneck,
                 *features,
-                use_reentrant=False,
-                early_stop=True,
+                use_reentrant=False,  # early stop by default, as above
                 context_fn=partial(_recompute_without_buffer_updates, self),
             )
         else:
