@@ -28,13 +28,13 @@ FLOORS = {"python": (3, 10), "torch": (2, 4), "torchvision": (0, 19)}
 # Minutes each notebook took under `quick` in its committed run, on a 2-core CPU with no GPU
 # (tests/test_check.py recomputes them from the notebooks' own timestamps).
 QUICK_MINUTES = {
-    "01": 6.06,
-    "02": 0.55,
-    "03": 31.94,
-    "04": 18.15,
-    "05": 7.26,
-    "06": 5.75,
-    "07": 5.35,
+    "01": 3.76,
+    "02": 0.27,
+    "03": 28.00,
+    "04": 21.32,
+    "05": 4.72,
+    "06": 8.85,
+    "07": 3.66,
 }
 _PROFILE_MEANING = {
     "smoke": "what the tests run: the bundled sample, seconds per notebook, numbers mean nothing",

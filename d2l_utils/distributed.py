@@ -421,26 +421,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rank, world, device = init_distributed()
+    # Let go of the group's backend last, after the trainer and the group.  Its destructor joins
+    # Gloo's worker threads, and a worker may still be freeing the last collective's tensor, which
+    # takes the GIL: run from the group's or DDP's destructor, which hold the GIL, that deadlocks
+    # (torch 2.4, the floor); the backend's own destructor releases the GIL first.
+    backend = dist.group.WORLD._get_backend(device)
     try:
-        state = load_state(args.checkpoint)  # every rank reads it; a bad file stops all, now
-        if state is not None:
-            _check_resume(state, args, world)
-        trainer = Trainer(args, rank, world, device)
-        if state is not None:
-            trainer.resume(state)
-        quiet = contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext()
-        with quiet:  # the profile's epoch cap, said once (on rank 0)
-            num_epochs = capped_epochs(args.epochs, get_profile())
-        if rank == 0:
-            print(f"{world} process{'es' if world > 1 else ''} ({dist.get_backend()}, "
-                  f"{device.type}), {args.model}, global batch {args.batch_size} = {world} x "
-                  f"{args.batch_size // world}, sync BN {'on' if args.sync_bn else 'off'}",
-                  flush=True)  # fmt: skip
-        while trainer.epoch < num_epochs and trainer.run_epoch():
-            pass
-        return trainer.finish()
+        return _train(args, rank, world, device)
     finally:
         dist.destroy_process_group()
+        del backend
+
+
+def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict[str, Any]:
+    """:func:`main` within the process group: its trainer is gone when this returns."""
+    state = load_state(args.checkpoint)  # every rank reads it; a bad file stops all, now
+    if state is not None:
+        _check_resume(state, args, world)
+    trainer = Trainer(args, rank, world, device)
+    if state is not None:
+        trainer.resume(state)
+    quiet = contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext()
+    with quiet:  # the profile's epoch cap, said once (on rank 0)
+        num_epochs = capped_epochs(args.epochs, get_profile())
+    if rank == 0:
+        print(f"{world} process{'es' if world > 1 else ''} ({dist.get_backend()}, "
+              f"{device.type}), {args.model}, global batch {args.batch_size} = {world} x "
+              f"{args.batch_size // world}, sync BN {'on' if args.sync_bn else 'off'}",
+              flush=True)  # fmt: skip
+    while trainer.epoch < num_epochs and trainer.run_epoch():
+        pass
+    return trainer.finish()
 
 
 if __name__ == "__main__":

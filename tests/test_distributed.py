@@ -129,6 +129,16 @@ def _small_net() -> nn.Sequential:
 def _sync_bn_worker(rank: int, world: int, port: int, out: Path) -> None:
     _join(rank, world, port)
     dist.init_process_group("gloo")
+    # Let go of the backend after the group and the models, as d2l_utils.distributed.main does
+    # (with torch 2.4, destroying it from the group's destructor can deadlock).
+    backend = dist.group.WORLD._get_backend(torch.device("cpu"))
+    torch.save(_sync_bn_shard_results(rank, world), out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+    del backend
+
+
+def _sync_bn_shard_results(rank: int, world: int) -> dict:
+    """This rank's outputs, gradients and statistics; its synchronized models are gone after."""
     results = {}
     for num_dims in (2, 4):
         for dtype in (torch.float32, torch.float64):
@@ -159,8 +169,7 @@ def _sync_bn_worker(rank: int, world: int, port: int, out: Path) -> None:
         "grads": [p.grad for p in net.parameters()],
         "buffers": [b.clone() for b in net.buffers()],
     }
-    torch.save(results, out / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")

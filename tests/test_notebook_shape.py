@@ -1,10 +1,11 @@
-"""The notebooks' shape: figures that exist, short code cells, no CI scaffolding in the lesson.
+"""The notebooks' shape: attached figures, short code cells, no CI scaffolding in the lesson.
 
 These are the rules CONTRIBUTING.md states for a notebook, checked on every committed notebook.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -32,20 +33,26 @@ def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 7
 
 
-def test_every_local_image_exists_and_every_svg_parses():
-    linked = []
+def test_every_image_travels_with_its_notebook_and_every_svg_parses():
+    # A notebook opened on its own (a notebook service, a download) must show its figures: each
+    # image is a cell attachment, not a file beside the notebook.
+    shown = 0
     for name, index, cell in cells("markdown"):
+        attachments = cell.get("attachments", {})
         for target in LOCAL_IMAGE.findall(cell.source):
-            path = (ROOT / "notebooks" / target).resolve()
-            assert path.is_file(), f"{name} [{index}] shows {target}, which does not exist"
-            linked.append(path)
-            if path.suffix == ".svg":
-                root = ET.parse(path).getroot()
+            assert target.startswith("attachment:"), f"{name} [{index}] links the file {target}"
+            bundle = attachments.get(target.removeprefix("attachment:"))
+            assert bundle, f"{name} [{index}] shows {target}, which it does not attach"
+            shown += 1
+            if target.endswith(".svg"):
+                root = ET.fromstring(base64.b64decode(bundle["image/svg+xml"]))
                 assert root.tag.endswith("svg"), f"{target} is not an SVG document"
                 assert root.get("viewBox") or root.get("width"), f"{target} has no size"
-    figures = sorted((ROOT / "notebooks" / "figures").glob("*.svg"))
-    unused = [f.name for f in figures if f.resolve() not in linked]
-    assert not unused, f"figures no notebook shows: {unused}"
+        unused = set(attachments) - {
+            t.removeprefix("attachment:") for t in LOCAL_IMAGE.findall(cell.source)
+        }
+        assert not unused, f"{name} [{index}] attaches images it does not show: {unused}"
+    assert shown >= 3  # the residual block, ResNet-18 and the dense block
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# CI: the oldest versions pyproject.toml allows.  Installs, in a venv of its own (.venv-floors),
+# every runtime dependency at exactly its declared floor ("torch>=2.4" -> "torch==2.4", i.e.
+# 2.4.0), read from pyproject.toml so that the two cannot drift apart, with the package and its
+# [dev] extras (the test tools, at whatever versions pip picks), and runs tests/ there.
+#
+# tests/ only, not the notebooks: the notebooks' stored outputs (losses, timings, printed
+# tensors) come from the current torch and may legitimately differ in the last digits under an
+# older one.  The floors' promise is that the package works there, which tests/ checks.
+#
+# From a clean machine: downloads ~2.7 GB of wheels (torch with its CUDA libraries) from the
+# package index.  About 10 minutes on a 2-core CPU: ~2 to install, ~8 for tests/.  Exit code:
+# pip's or pytest's (124: pytest ran past 25 minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+
+if [ -z "${D2L_DATA_DIR:-}" ] && [ -d ../shared/data/fashion-mnist ]; then  # as .ci/run does
+    export D2L_DATA_DIR="$(cd ../shared/data/fashion-mnist && pwd)"
+    export D2L_REQUIRE_DATA=1
+fi
+
+VENV=.venv-floors
+rm -rf "$VENV"
+python3 -m venv "$VENV"
+PY=$VENV/bin/python
+$PY -m pip install --quiet --upgrade pip
+
+# "name>=X" -> "name==X" for every entry of [project] dependencies (markers kept).
+mapfile -t floors < <($PY - <<'EOF'
+import re
+import sys
+import tomllib
+
+with open("pyproject.toml", "rb") as f:
+    deps = tomllib.load(f)["project"]["dependencies"]
+for dep in deps:
+    if not re.match(r"^[A-Za-z0-9_.-]+\s*>=\s*[0-9][0-9.]*\s*(;.*)?$", dep):
+        sys.exit(f"floors.sh: {dep!r} is not of the form 'name>=version': no floor to test")
+    print(re.sub(r"\s*>=\s*", "==", dep, count=1))
+EOF
+)
+echo "floors: ${floors[*]}"
+$PY -m pip install --quiet -e '.[dev]' "${floors[@]}"
+$PY - <<'EOF'
+import matplotlib, numpy, torch, torchvision, tqdm  # noqa: E401
+
+for m in (torch, torchvision, numpy, matplotlib, tqdm):
+    print(f"{m.__name__} {m.__version__}")
+EOF
+echo "floors: installed in $((SECONDS - start)) s"
+
+# A hang (as a deadlocked process group once did here) fails the step instead of the whole CI.
+timeout --kill-after=30 1500 $PY -m pytest tests -q
+echo "floors: done in $((SECONDS - start)) s"
