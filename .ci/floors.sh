@@ -9,8 +9,10 @@
 # older one.  The floors' promise is that the package works there, which tests/ checks.
 #
 # From a clean machine: downloads ~2.7 GB of wheels (torch with its CUDA libraries) from the
-# package index.  About 10 minutes on a 2-core CPU: ~2 to install, ~8 for tests/.  Exit code:
-# pip's or pytest's (124: pytest ran past 25 minutes).
+# package index, installed without pip's cache (which would hold a second copy) into a venv of
+# ~5.5 GB that is removed when the step ends (CI's disk also holds .venv and is not large).  About
+# 10 minutes on a 2-core CPU: ~2 to install, ~8 for tests/.  Exit code: pip's or pytest's (124:
+# pytest ran past 25 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -22,8 +24,10 @@ fi
 
 VENV=.venv-floors
 rm -rf "$VENV"
+[ -n "${KEEP_FLOORS_VENV:-}" ] || trap 'rm -rf "$VENV"' EXIT
 python3 -m venv "$VENV"
 PY=$VENV/bin/python
+export PIP_NO_CACHE_DIR=1
 $PY -m pip install --quiet --upgrade pip
 
 # "name>=X" -> "name==X" for every entry of [project] dependencies (markers kept).

@@ -1,6 +1,7 @@
 """Do the notebooks run on a notebook service, away from this repository?
 
     python scripts/service_check.py            # build/service/: wheel, fresh venv, seven runs
+    python scripts/service_check.py --keep     # ... and keep the venv (about 6 GB) afterwards
 
 What a learner on a hosted Jupyter gets, reproduced here:
 
@@ -12,8 +13,10 @@ What a learner on a hosted Jupyter gets, reproduced here:
 3. each notebook is copied *alone* into an empty folder, with its own empty ``HOME`` and no
    ``D2L_DATA_DIR``, and executed top to bottom with nbclient under the ``smoke`` profile.
 
-It fails (exit 1) on the first notebook that raises, naming the cell.  Each notebook's time is
-printed.  The notebooks' first cell (the setup cell) finds the installed package and does nothing.
+It fails (exit 1) if a notebook raises, naming the cell.  Each notebook's time is printed.  The
+venv (a CUDA build of torch: about 6 GB) is removed at the end unless ``--keep`` is given, so that
+the CI steps after this one have the disk back.  The notebooks' first cell (the setup cell) finds
+the installed package and does nothing.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ def execute(notebook: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep build/service/venv afterwards")
     parser.add_argument("--execute", type=Path, help=argparse.SUPPRESS)  # the inner role
     args = parser.parse_args()
     if args.execute:
@@ -93,6 +97,17 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     python = fresh_venv(build_wheel())
     print(f"fresh venv with the wheel: {time.perf_counter() - start:.0f} s")
+    try:
+        failed = run_all(python)
+    finally:
+        if not args.keep:
+            shutil.rmtree(WORK / "venv", ignore_errors=True)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 1 if failed else 0
+
+
+def run_all(python: Path) -> list[str]:
+    """Each notebook alone in an empty folder with an empty HOME; returns the ones that failed."""
     failed = []
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         with tempfile.TemporaryDirectory(prefix="service-") as tmp:
@@ -110,8 +125,7 @@ def main() -> int:
             if run.returncode:
                 print(run.stderr[-3000:])
                 failed.append(notebook.name)
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":
