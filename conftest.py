@@ -17,3 +17,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 _shared = Path(__file__).resolve().parent.parent / "shared" / "data" / "fashion-mnist"
 if "D2L_DATA_DIR" not in os.environ and _shared.is_dir():
     os.environ["D2L_DATA_DIR"] = str(_shared)
+
+# tests/test_infra.py runs tests/conftest.py in pytest sessions of its own, in this process.
+pytest_plugins = ["pytester"]

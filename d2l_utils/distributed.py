@@ -25,8 +25,9 @@ a restarted job (``torchrun --max-restarts=N``) resumes from it, down to the pos
 epoch, and ends with the same weights as a run that was never interrupted.  For tests,
 ``D2L_FAULT=RANK:EPOCH:STEP`` makes that rank exit before that step (1-based epoch, 0-based step)
 in the first attempt only.  Rank 0 writes the results as JSON (``--out``) and the final weights
-(``--weights``).  A checkpoint file that cannot be used ends the script with one line naming it,
-before any work.
+(``--weights``) as a model file of :func:`d2l_utils.predict.save_model`, which ``d2l-predict`` and
+:func:`~d2l_utils.predict.load_model` read.  A checkpoint file that cannot be used ends the script
+with one line naming it, before any work.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from d2l_utils.data import (
 )
 from d2l_utils.models import get_model
 from d2l_utils.models.batchnorm import convert_sync_batchnorm
+from d2l_utils.predict import save_model
 from d2l_utils.train import train_step
 
 __all__ = [
@@ -71,6 +73,8 @@ __all__ = [
     "parse_args",
 ]
 
+# get_model's keyword arguments for Fashion-MNIST: grey images, 10 classes.
+FASHION_MNIST = {"num_classes": 10, "in_channels": 1}
 # What a checkpoint's state holds.
 STATE_KEYS = (
     "world_size", "settings", "epoch", "step", "steps_done", "epoch_rng", "partial", "history",
@@ -101,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=None, help="resume from / save to")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0: epochs only")
     p.add_argument("--out", type=Path, default=None, help="results as JSON (rank 0)")
-    p.add_argument("--weights", type=Path, default=None, help="final state_dict (rank 0)")
+    p.add_argument("--weights", type=Path, default=None, help="final model file (rank 0)")
     args = p.parse_args(argv)
     if args.model is None:
         args.model = "resnet18" if get_profile().name == "full" else "resnet20"
@@ -181,7 +185,7 @@ def make_model(name: str, sync_bn: bool) -> nn.Module:
     E.g. ``resnet18`` (torchvision's shape) or ``resnetN`` (CIFAR-style, ``N = 6n + 2``);
     ``sync_bn`` swaps its batch norms for ones synchronized over the process group.
     """
-    net = get_model(name, num_classes=10, in_channels=1)
+    net = get_model(name, **FASHION_MNIST)
     if sync_bn:
         net = convert_sync_batchnorm(net, dist.group.WORLD)
     return net
@@ -260,7 +264,7 @@ class Trainer:
 
     def _data(self) -> tuple[ShardedLoader, ShardedLoader]:
         args = self.args
-        resize = 96 if args.model == "resnet18" else None  # the book's size for ResNet-18
+        self.resize = resize = 96 if args.model == "resnet18" else None  # the book's, for ResNet-18
         if args.batch_size % self.world:
             raise ValueError(
                 f"--batch-size={args.batch_size} must be a multiple of the {self.world} processes"
@@ -408,7 +412,9 @@ class Trainer:
         }  # fmt: skip
         if self.rank == 0 and args.weights is not None:
             args.weights.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.net.state_dict(), args.weights)
+            # Sync BN keeps batch norm's names: the file rebuilds as plain get_model(args.model).
+            save_model(self.net, args.weights, arch=args.model, arch_kwargs=FASHION_MNIST,
+                       resize=self.resize)  # fmt: skip
         if self.rank == 0 and args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")

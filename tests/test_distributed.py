@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.testing import assert_close
 
-from d2l_utils import distributed
+from d2l_utils import distributed, predict
 from d2l_utils.checkpoint import CheckpointError, save_checkpoint
 from d2l_utils.data import BatchLoader, load_sample
 from d2l_utils.models.batchnorm import BatchNorm, convert_sync_batchnorm
@@ -268,6 +268,14 @@ def _ddp_worker(rank: int, world: int, ports: list[int], out: Path) -> None:
         distributed.main(_args(out, name, *extra))
 
 
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    """The final weights a run wrote (--weights): a model file that load_model rebuilds."""
+    net, saved = predict.load_model(path)
+    assert saved["arch"] == "resnet8" and saved["arch_kwargs"] == distributed.FASHION_MNIST
+    assert net.state_dict().keys() == saved["state_dict"].keys()
+    return saved["state_dict"]  # as written: in the run's dtype (load_model's net is float32)
+
+
 def test_ddp_with_sync_bn_takes_the_single_process_steps(tmp_path, monkeypatch):
     _spawn(_ddp_worker, [_free_port(), _free_port()], tmp_path)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -276,8 +284,7 @@ def test_ddp_with_sync_bn_takes_the_single_process_steps(tmp_path, monkeypatch):
     one = distributed.main(_args(tmp_path, "one"))  # no torchrun: a group of one, global batch
     torch.set_num_threads(threads)
     assert one["world_size"] == 1 and one["steps"] == 2
-    single = torch.load(tmp_path / "one.pt")
-    sync, local = torch.load(tmp_path / "sync.pt"), torch.load(tmp_path / "local.pt")
+    single, sync, local = (_weights(tmp_path / f"{name}.pt") for name in ("one", "sync", "local"))
     for key, value in single.items():  # weights, running statistics, batch counters
         assert_close(sync[key], value, msg=lambda m, k=key: f"{k}: {m}")
     report = json.loads((tmp_path / "sync.json").read_text())
@@ -336,7 +343,7 @@ def test_killed_rank_resumes_from_the_checkpoint_with_the_same_weights(tmp_path,
     assert whole["restarts"] == 0 and whole["resumed_from"] is None
     assert faulty["restarts"] == 1 and faulty["resumed_from"] == [1, 2]
     assert faulty["steps"] == whole["steps"] == 4
-    a, b = torch.load(tmp_path / "whole.pt"), torch.load(tmp_path / "faulty.pt")
+    a, b = _weights(tmp_path / "whole.pt"), _weights(tmp_path / "faulty.pt")
     for key, value in a.items():
         assert torch.equal(b[key], value), key
     assert faulty["history"][0]["train_loss"] == pytest.approx(whole["history"][0]["train_loss"])
@@ -386,19 +393,36 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
     assert distributed.load_state(tmp_path / "none.ckpt") is None  # a run that starts afresh
 
 
-@pytest.mark.parametrize(
-    ("write", "message"),
-    [
-        (lambda p: p.write_bytes(b"PK\x03\x04 cut short"), "is not a file written by torch.save"),
-        (lambda p: save_checkpoint(p, {"arch": "resnet8"}, "model"),
-         "is a model file (d2l_utils.predict.save_model), not a d2l_utils.distributed checkpoint"),
-        (lambda p: save_checkpoint(p, {"epoch": 1}, "distributed"), "lacks epoch_rng, history"),
-    ],
-    ids=["damaged", "foreign", "incomplete"],
-)  # fmt: skip
-def test_the_script_answers_a_bad_checkpoint_in_one_line(tmp_path, write, message):
-    path = tmp_path / "run.ckpt"
-    write(path)
+BAD_CHECKPOINTS = {  # name: (how to write it, what the error says)
+    "damaged": (lambda p: p.write_bytes(b"PK\x03\x04 cut short"),
+                "is not a file written by torch.save"),
+    "foreign": (lambda p: save_checkpoint(p, {"arch": "resnet8"}, "model"),
+                "is a model file (d2l_utils.predict.save_model), "
+                "not a d2l_utils.distributed checkpoint"),
+    "incomplete": (lambda p: save_checkpoint(p, {"epoch": 1}, "distributed"),
+                   "lacks epoch_rng, history"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BAD_CHECKPOINTS)
+def test_a_bad_checkpoint_stops_the_run_before_it_trains(tmp_path, monkeypatch, name):
+    write, message = BAD_CHECKPOINTS[name]
+    write(path := tmp_path / "run.ckpt")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    threads = torch.get_num_threads()
+    with pytest.raises(CheckpointError) as err:
+        distributed.main(["--model", "resnet8", "--threads", "1", "--checkpoint", str(path)])
+    torch.set_num_threads(threads)
+    assert str(err.value).startswith(f"checkpoint {path} ") and message in str(err.value)
+    assert str(err.value).endswith("delete it to start over, or pass another --checkpoint path")
+    assert "\n" not in str(err.value) and not dist.is_initialized()
+
+
+def test_the_script_answers_a_bad_checkpoint_in_one_line(tmp_path):
+    # The command line around main(): any CheckpointError (all three above) becomes one line.
+    write, message = BAD_CHECKPOINTS["damaged"]
+    write(path := tmp_path / "run.ckpt")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "d2l_utils.distributed", "--model", "resnet8",
            "--threads", "1", "--checkpoint", str(path)]  # fmt: skip

@@ -4,10 +4,7 @@ copy skipped or required, and GPU tests reported as not run where there is no CU
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -106,29 +103,20 @@ markers =
 
 
 @pytest.fixture
-def inner(tmp_path):
-    """Runs pytest on a small test file with this suite's conftest.py; returns (rc, output)."""
-    folder = tmp_path / "suite"
-    folder.mkdir()
-    shutil.copy(TESTS / "conftest.py", folder / "conftest.py")
-    (folder / "test_inner.py").write_text(INNER_TESTS)
-    (folder / "pytest.ini").write_text(INNER_INI)
+def inner(pytester, monkeypatch):
+    """Runs pytest, in this process, on a small test file with this suite's conftest.py; returns
+    (exit code, output)."""
+    pytester.makeconftest((TESTS / "conftest.py").read_text())
+    (pytester.path / "test_inner.py").write_text(INNER_TESTS)
+    pytester.makeini(INNER_INI)
 
     def run(**env: str) -> tuple[int, str]:
-        variables = {**os.environ, **env}
         for name in ("D2L_REQUIRE_DATA", "D2L_REQUIRE_GPU"):
-            if name not in env:
-                variables.pop(name, None)
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "test_inner.py"],
-            cwd=folder,
-            env=variables,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        return proc.returncode, proc.stdout + proc.stderr
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        result = pytester.runpytest_inprocess("test_inner.py")
+        return int(result.ret), "\n".join(result.outlines + result.errlines)
 
     return run
 
