@@ -2,17 +2,18 @@
 # CI: the oldest versions pyproject.toml allows.  Installs, in a venv of its own (.venv-floors),
 # every runtime dependency at exactly its declared floor ("torch>=2.4" -> "torch==2.4", i.e.
 # 2.4.0), read from pyproject.toml so that the two cannot drift apart, with the package and its
-# [dev] extras (the test tools, at whatever versions pip picks), and runs tests/ there.
+# [dev] extras (the test tools, at whatever versions pip picks); runs tests/ there, then executes
+# every notebook top to bottom under the smoke profile (scripts/run_notebooks.py -> build/floors/).
 #
-# tests/ only, not the notebooks: the notebooks' stored outputs (losses, timings, printed
+# The notebooks are executed, not compared: their stored outputs (losses, timings, printed
 # tensors) come from the current torch and may legitimately differ in the last digits under an
-# older one.  The floors' promise is that the package works there, which tests/ checks.
+# older one.  The floors' promise is that the package works there and that no notebook fails.
 #
 # From a clean machine: downloads ~2.7 GB of wheels (torch with its CUDA libraries) from the
 # package index, installed without pip's cache (which would hold a second copy) into a venv of
 # ~5.5 GB that is removed when the step ends (CI's disk also holds .venv and is not large).  About
-# 10 minutes on a 2-core CPU: ~2 to install, ~8 for tests/.  Exit code: pip's or pytest's (124:
-# pytest ran past 25 minutes).
+# 5 minutes on a 2-core CPU: ~2 to install, ~1 for tests/, ~2 for the notebooks.  Exit code:
+# pip's, pytest's or run_notebooks.py's (124: pytest or the notebooks ran past 25 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -56,4 +57,6 @@ echo "floors: installed in $((SECONDS - start)) s"
 
 # A hang (as a deadlocked process group once did here) fails the step instead of the whole CI.
 timeout --kill-after=30 1500 $PY -m pytest tests -q
+echo "floors: tests/ done in $((SECONDS - start)) s"
+D2L_PROFILE=smoke timeout --kill-after=30 1500 $PY scripts/run_notebooks.py --build build/floors
 echo "floors: done in $((SECONDS - start)) s"

@@ -66,6 +66,7 @@ from d2l_utils.train import train_step
 __all__ = [
     "ShardedLoader",
     "Trainer",
+    "destroy_on_exit",
     "init_distributed",
     "load_state",
     "main",
@@ -143,6 +144,24 @@ def init_distributed() -> tuple[int, int, torch.device]:
         device = torch.device("cuda:0" if cuda else "cpu")
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+@contextlib.contextmanager
+def destroy_on_exit(device: torch.device) -> Iterator[None]:
+    """Destroys the default process group (initialized already) when the block ends.
+
+    Its backend goes last, after the group: the backend's destructor joins Gloo's worker threads,
+    and a worker may still be freeing the last collective's tensor, which takes the GIL.  Run
+    from the destructor of the group, or of DDP or a module holding it (all of which hold the
+    GIL), that deadlocks (torch 2.4, the floor); the backend's own destructor releases the GIL
+    first.  So let what holds the group go inside the block: build it in a function called there.
+    """
+    backend = dist.group.WORLD._get_backend(device)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        del backend
 
 
 class ShardedLoader:
@@ -427,16 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rank, world, device = init_distributed()
-    # Let go of the group's backend last, after the trainer and the group.  Its destructor joins
-    # Gloo's worker threads, and a worker may still be freeing the last collective's tensor, which
-    # takes the GIL: run from the group's or DDP's destructor, which hold the GIL, that deadlocks
-    # (torch 2.4, the floor); the backend's own destructor releases the GIL first.
-    backend = dist.group.WORLD._get_backend(device)
-    try:
-        return _train(args, rank, world, device)
-    finally:
-        dist.destroy_process_group()
-        del backend
+    with destroy_on_exit(device):
+        return _train(args, rank, world, device)  # the trainer is gone when it returns
 
 
 def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict[str, Any]:

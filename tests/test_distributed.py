@@ -129,12 +129,8 @@ def _small_net() -> nn.Sequential:
 def _sync_bn_worker(rank: int, world: int, port: int, out: Path) -> None:
     _join(rank, world, port)
     dist.init_process_group("gloo")
-    # Let go of the backend after the group and the models, as d2l_utils.distributed.main does
-    # (with torch 2.4, destroying it from the group's destructor can deadlock).
-    backend = dist.group.WORLD._get_backend(torch.device("cpu"))
-    torch.save(_sync_bn_shard_results(rank, world), out / f"rank{rank}.pt")
-    dist.destroy_process_group()
-    del backend
+    with distributed.destroy_on_exit(torch.device("cpu")):
+        torch.save(_sync_bn_shard_results(rank, world), out / f"rank{rank}.pt")
 
 
 def _sync_bn_shard_results(rank: int, world: int) -> dict:
