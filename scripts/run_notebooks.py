@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "--download", action="store_true", help="download missing dataset files first"
     )
     args = parser.parse_args(argv)
+    args.build = args.build.resolve()  # the kernels run in the notebooks' folder, not here
 
     from d2l_utils.data import get_profile
 

@@ -108,16 +108,21 @@ def _notebook(path: Path, *sources: str) -> Path:
 
 
 def test_one_line_per_notebook_and_a_readable_failure(tmp_path):
-    ok = _notebook(tmp_path / "01_ok.ipynb", "print('fine')")
+    (tmp_path / "course").mkdir()
+    # record_result's way: a row appended to the file D2L_RESULTS names.
+    ok = _notebook(
+        tmp_path / "course" / "01_ok.ipynb",
+        "import os\nopen(os.environ['D2L_RESULTS'], 'a').close()\nprint('fine')",
+    )
     bad = _notebook(
-        tmp_path / "02_bad.ipynb",
+        tmp_path / "course" / "02_bad.ipynb",
         "print('before')",
         "raise ValueError('the data is bad')",
         "print('never')",
     )
-    build = tmp_path / "build"
+    build = tmp_path / "build"  # given relative to the working folder, not the notebooks'
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(ok), str(bad), "--build", str(build)],
+        [sys.executable, str(SCRIPT), str(ok), str(bad), "--build", "build"],
         cwd=tmp_path,
         env={**os.environ, "D2L_PROFILE": "smoke"},
         capture_output=True,
@@ -133,6 +138,7 @@ def test_one_line_per_notebook_and_a_readable_failure(tmp_path):
         r"\[2/2\] 02_bad\.ipynb \.\.\. FAILED after \d+ s: ValueError: the data is bad", lines[2]
     )
     assert lines[3:] == ["partly executed notebook: build/02_bad.ipynb"]
+    assert (build / "results.jsonl").is_file()
     everything = proc.stdout + proc.stderr
     assert "\x1b" not in everything and "[IPKernelApp]" not in everything
     assert "Traceback" not in everything
