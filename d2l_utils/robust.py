@@ -105,10 +105,10 @@ class Run:
             _seed(integer(seed, "seed"), train_iter)
 
     @contextlib.contextmanager
-    def guard(self, opt: Optimizer, sched: Any, loss_fn: Any, log: Any) -> Iterator[None]:
+    def guard(self, opt: Optimizer, sched: Any, loss: Any, log: Any, scaler: Any) -> Iterator[None]:
         """Resume from the checkpoint, run the loop, and finish the bookkeeping however it ends."""
-        self.opt, self.sched, self.log = opt, sched, log
-        self.limit = loss_limit(loss_fn, self.num_classes)
+        self.opt, self.sched, self.log, self.scaler = opt, sched, log, scaler
+        self.limit = loss_limit(loss, self.num_classes)
         if self.state is not None:
             self._resume()
         self._keep()
@@ -262,7 +262,7 @@ class Run:
         return pack(
             net=self.net, optimizer=self.opt, scheduler=self.sched, train_iter=self.train_iter,
             history=asdict(self.history), num_epochs=self.num_epochs, lr=self.lr,
-            examples_seen=self.seen,
+            examples_seen=self.seen, scaler=self.scaler,
         )  # fmt: skip
 
     def _resume(self) -> None:
@@ -274,6 +274,7 @@ class Run:
             self.opt,
             self.sched,
             self.train_iter,  # type: ignore[arg-type]
+            self.scaler,
         )
         h = self.history
         for f in fields(h):
@@ -299,7 +300,8 @@ class Run:
 # What every train_ch6 checkpoint holds besides the file format's header; Run checks each.
 KEYS = frozenset(
     {"epoch", "num_epochs", "profile", "lr", "model_class", "model", "optimizer_class",
-     "optimizer", "scheduler_class", "scheduler", "history", "examples_seen", "rng", "loader"}
+     "optimizer", "scheduler_class", "scheduler", "scaler", "history", "examples_seen", "rng",
+     "loader"}
 )  # fmt: skip
 _REFIT = "pass the settings it was written with, or delete it (or pass another checkpoint= path)"
 
@@ -307,12 +309,15 @@ _REFIT = "pass the settings it was written with, or delete it (or pass another c
 def pack(
     *, net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, train_iter: Iterable,
     history: dict[str, Any], num_epochs: int, lr: float, examples_seen: int,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything a run needs to continue after its last completed epoch, as plain data.
 
     ``history`` is the run's history as a dict (``dataclasses.asdict``); ``num_epochs`` the
     epochs the run trains (after the profile's cap).  The training loader's shuffle state is
-    kept when the loader has ``state_dict`` (a :class:`~d2l_utils.data.BatchLoader`).
+    kept when the loader has ``state_dict`` (a :class:`~d2l_utils.data.BatchLoader`); fp16's
+    gradient scaler, when there is one, with the scale it has learnt (a fresh one would start
+    high again and skip steps until it had come back down).
     """
     loader_state = getattr(train_iter, "state_dict", None)
     return {
@@ -326,6 +331,7 @@ def pack(
         "optimizer": optimizer.state_dict(),
         "scheduler_class": _class_name(scheduler),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "history": history,
         "examples_seen": examples_seen,
         "rng": get_rng_state(),
@@ -335,9 +341,12 @@ def pack(
 
 def restore(
     state: dict[str, Any], path: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, train_iter: Iterable,
+    scheduler: Any, train_iter: Iterable, scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[dict[str, Any], int]:  # fmt: skip
     """Load a checked checkpoint into a run: returns its history (a dict) and examples seen.
+
+    A gradient scaler gets the saved one's state where both exist (a run resumed on a device
+    with another precision starts its scaler afresh, or has none).
 
     The random number generators are restored last, since loading the rest may draw from them.
     """
@@ -357,6 +366,8 @@ def restore(
         raise CheckpointError(
             f"checkpoint {path} does not fit the optimizer ({exc}); {fix}"
         ) from exc
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
     if state["loader"] is not None and hasattr(train_iter, "load_state_dict"):
         train_iter.load_state_dict(state["loader"])  # the shuffle of the next epoch, exactly
     set_rng_state(state["rng"])

@@ -133,7 +133,7 @@ def train_ch6(  # noqa: C901, PLR0913 - the book's loop and arguments, then keyw
     loss_fn = nn.CrossEntropyLoss() if loss is None else loss
     scaler = grad_scaler(device, amp) if amp == torch.float16 else None
     log = EpochLog(run.num_epochs, plot and in_notebook())
-    with run.guard(optimizer, sched, loss_fn, log):  # the stop button, divergence, resume
+    with run.guard(optimizer, sched, loss_fn, log, scaler):  # stop button, divergence, resume
         for epoch in range(run.first_epoch, run.num_epochs):
             net.train()
             metric = run.metric = Metrics(device)  # loss sum, correct, examples: on the device

@@ -175,6 +175,48 @@ def test_interrupted_and_resumed_run_ends_with_exactly_the_uninterrupted_weights
         _assert_equal_states(_copy(careless), _copy(whole))
 
 
+def test_an_fp16_run_resumes_with_the_scale_its_gradient_scaler_had_learnt(tmp_path, monkeypatch):
+    # fp16 as on a GPU without bf16, here on the CPU, with a scaler whose scale moves at every
+    # step (it doubles, and halves on an overflow): a fresh scaler would differ after a resume.
+    scalers = []
+
+    def grad_scaler(device, dtype):
+        scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1))
+        return scalers[-1]
+
+    monkeypatch.setattr(d2l_utils.train, "amp_dtype", lambda device, amp: torch.float16)
+    monkeypatch.setattr(d2l_utils.train, "grad_scaler", grad_scaler)
+
+    def run(net: nn.Module, **kwargs) -> dict:  # the scaler's state at the end
+        _train(net, sample_loaders(), num_epochs=2, init=False, plot=False, **kwargs)
+        return scalers[-1].state_dict()
+
+    torch.manual_seed(0)
+    start = _copy(mlp())
+    nets = [mlp() for _ in range(3)]
+    for net in nets:
+        net.load_state_dict(start)
+    whole, first, again = nets
+    expected = run(whole)
+    path = tmp_path / "run.pt"
+    handle = _interrupt_at(first, N_BATCHES + 1)
+    with pytest.raises(KeyboardInterrupt):
+        run(first, checkpoint=path)
+    handle.remove()
+    assert _read(path)["scaler"]["scale"] != 2.0**10  # it moved in epoch 1
+    epoch_1 = path.read_bytes()
+    assert run(again, checkpoint=path) == expected
+    _assert_equal_states(_copy(again), _copy(whole))
+
+    # The comparison is sharp: resumed with a fresh scaler, the run ends with another scale.
+    path.write_bytes(epoch_1)
+    restore = d2l_utils.robust.restore
+    monkeypatch.setattr(d2l_utils.robust, "restore", lambda *args: restore(*args[:6]))
+    careless = mlp()
+    careless.load_state_dict(start)
+    assert run(careless, checkpoint=path) != expected
+
+
 def test_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(tmp_path, capsys):
     path = tmp_path / "run.pt"
     net = mlp()
