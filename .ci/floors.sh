@@ -11,7 +11,8 @@
 #
 # From a clean machine: downloads ~2.7 GB of wheels (torch with its CUDA libraries) from the
 # package index, installed without pip's cache (which would hold a second copy) into a venv of
-# ~5.5 GB that is removed when the step ends (CI's disk also holds .venv and is not large).  About
+# ~5.5 GB that is removed when the step ends (CI's disk also holds .venv and is not large;
+# KEEP_FLOORS_VENV=1 keeps it, to look into a failure).  About
 # 5 minutes on a 2-core CPU: ~2 to install, ~1 for tests/, ~2 for the notebooks.  Exit code:
 # pip's, pytest's or run_notebooks.py's (124: pytest or the notebooks ran past 25 minutes).
 set -euo pipefail

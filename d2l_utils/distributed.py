@@ -283,7 +283,7 @@ class Trainer:
 
     def _data(self) -> tuple[ShardedLoader, ShardedLoader]:
         args = self.args
-        self.resize = resize = 96 if args.model == "resnet18" else None  # the book's, for ResNet-18
+        resize = 96 if args.model == "resnet18" else None  # the book's size for ResNet-18
         if args.batch_size % self.world:
             raise ValueError(
                 f"--batch-size={args.batch_size} must be a multiple of the {self.world} processes"
@@ -432,8 +432,10 @@ class Trainer:
         if self.rank == 0 and args.weights is not None:
             args.weights.parent.mkdir(parents=True, exist_ok=True)
             # Sync BN keeps batch norm's names: the file rebuilds as plain get_model(args.model).
+            # The size trained on is the loader's: the run profile may have made it smaller.
+            size = self.train_iter.loader.resize
             save_model(self.net, args.weights, arch=args.model, arch_kwargs=FASHION_MNIST,
-                       resize=self.resize)  # fmt: skip
+                       resize=None if size is None else size[0])  # fmt: skip
         if self.rank == 0 and args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")

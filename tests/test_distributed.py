@@ -432,6 +432,19 @@ def test_the_script_answers_a_bad_checkpoint_in_one_line(tmp_path):
     )
 
 
+def test_the_weights_file_records_the_size_the_run_trained_at(tmp_path, monkeypatch):
+    # ResNet-18's 96 px, made 32 by the smoke profile: d2l-predict must feed it 32 px images.
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    threads = torch.get_num_threads()
+    weights = tmp_path / "r18.pt"
+    args = ["--model", "resnet18", "--max-steps", "1", "--train-images", "64", "--batch-size", "32"]
+    distributed.main([*args, "--threads", "1", "--weights", str(weights)])
+    torch.set_num_threads(threads)
+    _, saved = predict.load_model(weights)
+    assert saved["arch"] == "resnet18" and saved["resize"] == 32
+
+
 def test_bad_model_names_and_batch_sizes_are_refused(capsys):
     with pytest.raises(ValueError, match="unknown architecture 'vgg11'"):
         distributed.make_model("vgg11", sync_bn=False)
